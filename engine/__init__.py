@@ -1,0 +1,1 @@
+"""Passerelle: the integration engine of a national eHealth platform."""

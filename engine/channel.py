@@ -1,0 +1,215 @@
+"""One running channel: intake (persist, then answer), its steps, and its destination queues.
+
+`accept` is the `deliver` callback handed to the source. With `respond_after: processed` the
+steps run first and the message, its verdict, the answer to the sender and its deliveries are
+committed together. With `received` the message is committed first (status `received`) and
+a pipeline runs the steps afterwards; a restart re-runs the steps of every message still
+`received` (steps are pure, so running them again is safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import structlog
+
+from engine.config import ChannelSpec
+from engine.contracts import Intake, Receipt, Source, Step, Verdict
+from engine.dispatch import DestinationQueue, LoadMessage
+from engine.errors import Filtered, Finding, ParseError, Rejected
+from engine.feed import Feed
+from engine.message import HL7V2, Message, SourceMeta
+from engine.store.base import (
+    IntakeRecord,
+    IntakeResult,
+    NewDelivery,
+    ProcessedRecord,
+    Store,
+    StoredMessage,
+    findings_from_json,
+    findings_to_json,
+)
+
+log = structlog.get_logger("passerelle.channel")
+
+RECEIVED = Verdict("AA", "received")
+PIPELINE_WORKERS = 64  # concurrent step runs awaiting their commit: they share group commits
+PIPELINE_MEMORY = 10_000
+
+
+class Channel:
+    def __init__(
+        self, spec: ChannelSpec, source: Source, steps: list[Step], queues: list[DestinationQueue], store: Store,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.source = source
+        self.steps = steps
+        self.queues = queues
+        self.store = store
+        self.pipeline: Feed[Message] = Feed(PIPELINE_MEMORY, self._reload_unprocessed)
+        self._waiters: dict[int, asyncio.Future[Verdict]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Resume unfinished work first, then open the source."""
+        for queue in self.queues:
+            queue.start()
+        self._tasks = [asyncio.create_task(self._pipeline_worker()) for _ in range(PIPELINE_WORKERS)]
+        await self.source.start(self.accept)
+
+    async def stop_intake(self) -> None:
+        await self.source.stop()
+
+    async def stop(self, timeout: float) -> None:
+        self.pipeline.close()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*(q.stop(timeout) for q in self.queues))
+
+    # -- intake --------------------------------------------------------------------------------
+
+    async def accept(self, intake: Intake) -> Receipt:
+        """Store the message durably (de-duplicated), then say what was decided. Raises StoreError."""
+        message = Message(self.name, intake.raw, intake.content_type, intake.meta, control_id=intake.control_id,
+                          sender=intake.sender, charset=intake.charset)
+        verdict, deliveries = self._judge(intake, message)
+        response = intake.respond(verdict) if intake.respond else None
+        result = await self.store.intake(self._record(intake, message, verdict, response, deliveries))
+        if result.duplicate:
+            return self._replay(intake, result)
+        if result.conflict:
+            return await self._accept_conflict(intake)
+        message.id = result.message_id
+        return self._hand_over(message, verdict, response, result)
+
+    def _judge(self, intake: Intake, message: Message) -> tuple[Verdict, list[NewDelivery]]:
+        if intake.problem is not None:
+            return Verdict("AR", "rejected", (intake.problem,)), []
+        if self.spec.respond_after == "processed":
+            return self.process(message)
+        return RECEIVED, []
+
+    def _record(
+        self, intake: Intake, message: Message, verdict: Verdict, response: bytes | None,
+        deliveries: list[NewDelivery], dedup: bool = True,
+    ) -> IntakeRecord:
+        meta = intake.meta
+        content = message.content() if verdict.status != "received" else intake.raw
+        return IntakeRecord(
+            channel=self.name, channel_version=self.spec.version, received_at=message.received_at,
+            content_type=intake.content_type, source_type=meta.source_type, peer=meta.peer,
+            tls_subject=meta.tls_subject, filename=meta.filename, control_id=intake.control_id,
+            sender=intake.sender, content_hash=hashlib.sha256(intake.raw).digest(), status=verdict.status,
+            ack_code=verdict.code, findings=findings_to_json(verdict.findings), raw=intake.raw,
+            transformed=content if content != intake.raw else None, response=response, deliveries=deliveries,
+            dedup=dedup,
+        )
+
+    def _replay(self, intake: Intake, result: IntakeResult) -> Receipt:
+        """An identical re-send: answer as the first time, store nothing."""
+        verdict = Verdict(result.ack_code or "AA", result.status, findings_from_json(result.findings))
+        response = intake.respond(verdict) if intake.respond else None
+        done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        done.set_result(verdict)
+        return Receipt(result.message_id, verdict, response, duplicate=True, processed=done)
+
+    async def _accept_conflict(self, intake: Intake) -> Receipt:
+        """A different message reusing a control id: stored as rejected, answered AE 205."""
+        finding = Finding(f"control id {intake.control_id} was already used by this sender for a different "
+                          "message; send each message with a new MSH-10", code="205", location="MSH^1^10")
+        message = Message(self.name, intake.raw, intake.content_type, intake.meta, control_id=intake.control_id)
+        verdict = Verdict("AE", "rejected", (finding,))
+        response = intake.respond(verdict) if intake.respond else None
+        result = await self.store.intake(self._record(intake, message, verdict, response, [], dedup=False))
+        return self._hand_over(message, verdict, response, result)
+
+    def _hand_over(self, message: Message, verdict: Verdict, response: bytes | None, result: IntakeResult) -> Receipt:
+        done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        if verdict.status == "received":
+            self._waiters[result.message_id] = done
+            self.pipeline.push(result.message_id, message)
+        else:
+            done.set_result(verdict)
+            self._offer(message, result.delivery_ids)
+        return Receipt(result.message_id, verdict, response, processed=done)
+
+    def _offer(self, message: Message, delivery_ids: tuple[int, ...]) -> None:
+        for queue, delivery_id in zip(self.queues, delivery_ids, strict=True):
+            queue.offer(delivery_id, message, order_key(message, queue.config.order_by))
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    def process(self, message: Message) -> tuple[Verdict, list[NewDelivery]]:
+        """Run the steps; the verdict and the deliveries to create. Never raises."""
+        try:
+            for step in self.steps:
+                message = step(message)
+            message.content()
+        except Filtered as err:
+            return Verdict("AA", "filtered", (Finding(str(err), code="", severity="I"),)), []
+        except Rejected as err:
+            return Verdict(err.ack_code, "rejected", tuple(err.findings)), []
+        except ParseError as err:
+            return Verdict("AR", "rejected", (Finding(str(err), code="102"),)), []
+        except Exception as err:
+            log.error("step_bug", channel=self.name, error=type(err).__name__)
+            text = f"internal error in a step ({type(err).__name__}); the message is kept for reprocessing"
+            return Verdict("AR", "rejected", (Finding(text, code="207"),)), []
+        deliveries = [NewDelivery(q.name, order_key(message, q.config.order_by)) for q in self.queues]
+        return Verdict("AA", "queued", tuple(message.findings)), deliveries
+
+    async def _pipeline_worker(self) -> None:
+        while (message := await self.pipeline.get()) is not None:
+            verdict, deliveries = self.process(message)
+            assert message.id is not None
+            ids = await self.store.processed(ProcessedRecord(
+                message.id, verdict.status, findings_to_json(verdict.findings),
+                message.content() if message.transformed() else None, deliveries, verdict.code,
+            ))
+            self.pipeline.done(message.id)
+            self._offer(message, ids)
+            waiter = self._waiters.pop(message.id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(verdict)
+
+    async def _reload_unprocessed(self, after_id: int, limit: int) -> list[tuple[int, Message]]:
+        rows = await self.store.unprocessed(self.name, after_id, limit)
+        return [(row.id, message_from_row(row, self.charset)) for row in rows]
+
+    @property
+    def charset(self) -> str:
+        """The source's configured default character set, if it has one (MSH-18 wins)."""
+        return str(getattr(self.spec.source.config, "charset", ""))
+
+
+def message_loader(store: Store, charset: str) -> LoadMessage:
+    """How a destination queue fetches a message it reloaded from the store."""
+
+    async def load(message_id: int) -> Message:
+        row = await store.message(message_id)
+        if row is None:
+            raise LookupError(f"message {message_id} is not in the store")
+        return message_from_row(row, charset)
+
+    return load
+
+
+def order_key(message: Message, path: str) -> str:
+    if not path or message.content_type != HL7V2:
+        return ""
+    try:
+        return message.hl7.get(path)
+    except ParseError:
+        return ""
+
+
+def message_from_row(row: StoredMessage, charset: str = "") -> Message:
+    meta = SourceMeta(row.source_type, row.peer, row.tls_subject, row.filename)
+    return Message(row.channel, row.raw, row.content_type, meta, received_at=row.received_at, id=row.id,
+                   control_id=row.control_id, sender=row.sender, charset=charset, body=row.transformed)

@@ -1,0 +1,121 @@
+"""`passerelle` command line (also `python run_engine.py`).
+
+    passerelle run      [--config config/engine.yaml]   run the engine until SIGTERM
+    passerelle check    [--config ...]                  validate engine.yaml and every channel
+    passerelle stats    [--config ...] [--json]         counts per channel / status / destination queue
+    passerelle schema   [--config ...] [--output F]     write the channel JSON Schema
+    passerelle validate FILE [--rules NAME]             check a CDA document (schema + Schematron)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from engine.config import Project, load_engine_config, load_project
+from engine.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/engine.yaml")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="passerelle", description="Passerelle integration engine")
+    commands = top.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "run the engine"), ("check", "validate the configuration and channels"),
+                       ("stats", "message and queue counts"), ("schema", "write the channel JSON Schema")):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="engine.yaml (default: %(default)s)")
+        if name == "stats":
+            sub.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "schema":
+            sub.add_argument("--output", type=Path, help="file to write (default: config/schema/channel.schema.json)")
+    validate = commands.add_parser("validate", help="validate a CDA document", add_help=False)
+    validate.add_argument("args", nargs=argparse.REMAINDER)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["validate"]:
+        from engine.validation.cli import validate_command
+
+        return validate_command(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        return int(COMMANDS[args.command](args))
+    except ConfigError as err:
+        for line in err.problems:
+            print(line, file=sys.stderr)
+        print(f"{len(err.problems)} problem(s) found; nothing was started", file=sys.stderr)
+        return 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from engine import log, supervisor
+
+    project = load_project(args.config)
+    log.configure(project.engine.logging.level, project.engine.logging.format)
+    supervisor.run(project)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    project = load_project(args.config)
+    for spec in project.channels:
+        state = "" if spec.enabled else " (disabled)"
+        print(f"{spec.file}: ok: channel {spec.name}{state}, source {spec.source.type}, "
+              f"{len(spec.steps)} step(s), {len(spec.destinations)} destination(s)")
+    print(f"{args.config}: ok: {len(project.channels)} channel(s)")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from engine.store import open_store
+
+    config_file: Path = args.config.resolve()
+    engine = load_engine_config(config_file)
+    root = config_file.parent.parent if config_file.parent.name == "config" else config_file.parent
+    project = Project(root=root, engine=engine, channels=[])
+    stats = asyncio.run(read_stats(project))
+    print(json.dumps(stats, indent=2, sort_keys=True) if args.json else format_stats(stats))
+    return 0
+
+
+async def read_stats(project: Project) -> dict[str, Any]:
+    from engine.store import open_store
+
+    if not project.store_path.exists():
+        return {"channels": {}}
+    store = open_store(project.engine.store, project.root)
+    await store.open()
+    try:
+        return await store.stats()
+    finally:
+        await store.close()
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    lines = []
+    for name, entry in sorted(stats["channels"].items()):
+        counts = ", ".join(f"{s} {n}" for s, n in sorted(entry["messages"].items()))
+        lines.append(f"{name}: {counts}")
+        for dest, d in sorted(entry["destinations"].items()):
+            lines.append(f"  -> {dest}: " + ", ".join(f"{s} {n}" for s, n in sorted(d["deliveries"].items())))
+    return "\n".join(lines) or "no messages yet"
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from engine.schema import channel_schema
+
+    project_root = args.config.resolve().parent.parent
+    output = args.output or project_root / "config" / "schema" / "channel.schema.json"
+    output.write_text(json.dumps(channel_schema(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    print(f"wrote {output}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "check": cmd_check, "stats": cmd_stats, "schema": cmd_schema}

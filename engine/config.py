@@ -1,0 +1,394 @@
+"""Configuration: `config/engine.yaml` and one YAML file per channel, validated before anything starts.
+
+Every problem is reported as a `file: path: message` line (all of them, not just the first);
+unknown keys and unknown component types are errors with a "did you mean" suggestion.
+String values may reference `${NAME}` / `${NAME:-default}` (environment) and `${file:PATH}`
+(a secret file's content, trailing newline stripped), resolved before validation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine import registry
+from engine.contracts import ComponentConfig
+from engine.errors import ConfigError
+
+_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+M = TypeVar("M", bound=BaseModel)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
+
+
+class StoreConfig(Strict):
+    type: Literal["sqlite"] = "sqlite"
+    """Store backend. `sqlite` is the embedded default (PostgreSQL arrives with scale-out)."""
+    path: str = "var/passerelle.db"
+    """SQLite database file, relative to the project root."""
+    synchronous: Literal["full", "normal"] = "full"
+    """SQLite `synchronous` pragma. `full` survives power loss; keep it for clinical data."""
+    max_batch: int = Field(default=512, ge=1, le=10_000)
+    """Most operations grouped into one commit (group commit bounds)."""
+    max_size_mb: int = Field(default=0, ge=0)
+    """Quota on the database size (0: none). When reached, intake answers AR/nack: senders keep
+    their messages and resend, instead of the disk filling up under the engine."""
+
+
+class DashboardConfig(Strict):
+    enabled: bool = False
+    """Serve the operations dashboard (see the dashboard issue)."""
+    host: str = "127.0.0.1"
+    """Listen address."""
+    port: int = Field(default=8080, ge=1, le=65535)
+    """Listen port."""
+
+
+class LoggingConfig(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    """Lowest level written. Logs never contain patient data at any level."""
+    format: Literal["json", "console"] = "json"
+    """`json` (one object per line) for machines, `console` for people."""
+
+
+class EngineConfig(Strict):
+    store: StoreConfig = StoreConfig()
+    """The durable message store."""
+    channels_dir: str = "channels"
+    """Folder holding one YAML file per channel."""
+    dashboard: DashboardConfig = DashboardConfig()
+    """Operations dashboard."""
+    logging: LoggingConfig = LoggingConfig()
+    """Structured logs."""
+    shutdown_timeout: float = Field(default=30.0, gt=0)
+    """Seconds SIGTERM waits for in-flight work before exiting (unfinished work resumes at start)."""
+    event_loop: Literal["asyncio", "uvloop"] = "uvloop"
+    """uvloop is about twice as fast on the MLLP hot path (bench/BENCHMARKS.md)."""
+
+
+class QueueConfig(Strict):
+    """The durable queue in front of a destination."""
+
+    max_attempts: int = Field(default=10, ge=1)
+    """Attempts before the delivery is dead-lettered."""
+    initial_backoff: float = Field(default=1.0, gt=0)
+    """Seconds before the first retry."""
+    max_backoff: float = Field(default=300.0, gt=0)
+    """Upper bound of the wait between retries."""
+    backoff_multiplier: float = Field(default=2.0, ge=1)
+    """Each retry waits this many times longer than the last."""
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    """Random fraction added to or removed from each wait, so retries do not stampede."""
+    max_age: float = Field(default=86_400.0, gt=0)
+    """Seconds after which an undelivered message is dead-lettered whatever the attempt count."""
+    order_by: str = ""
+    """HL7 path (e.g. `PID-3.1`): messages with the same key are delivered strictly in order."""
+    concurrency: int = Field(default=4, ge=1, le=256)
+    """Deliveries in flight at once (per key when ordered: one)."""
+    max_in_memory: int = Field(default=10_000, ge=10)
+    """Queued deliveries kept in memory; beyond this they wait in the store and are reloaded."""
+
+
+class DestinationEntry(Strict):
+    name: str
+    """Name of this destination within the channel (queues and stats use it)."""
+    type: str
+    """Destination type (see the reference)."""
+    queue: QueueConfig = QueueConfig()
+    """Retry, ordering and bounds of this destination's durable queue."""
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ChannelFile(Strict):
+    """The shape of a channel file; component options are checked against each component's Config."""
+
+    name: str = ""
+    """Channel name; defaults to the file name without `.yaml`."""
+    description: str = ""
+    """What the channel is for, for people reading the dashboard."""
+    enabled: bool = True
+    """A disabled channel is checked but not started."""
+    respond_after: Literal["received", "processed"] = "processed"
+    """`processed`: steps run before the ACK, which reports their findings. `received`: ACK once stored."""
+    source: dict[str, Any]
+    """Where messages come from: `type` plus that source's options."""
+    steps: list[dict[str, Any]] = []
+    """Steps run in order: each a `type` plus its options."""
+    destinations: list[dict[str, Any]] = []
+    """Where processed messages go; each has its own durable queue."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    type: str
+    config: ComponentConfig
+
+
+@dataclass(frozen=True)
+class DestinationSpec:
+    name: str
+    type: str
+    config: ComponentConfig
+    queue: QueueConfig
+
+
+@dataclass(frozen=True)
+class ChannelSpec:
+    """A validated channel, ready to build."""
+
+    name: str
+    file: Path
+    version: str
+    description: str
+    enabled: bool
+    respond_after: str
+    source: ComponentSpec
+    steps: list[ComponentSpec]
+    destinations: list[DestinationSpec]
+
+
+@dataclass
+class Problems:
+    """Collects `file: path: message` lines."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, file: Path | str, path: str, message: str) -> None:
+        self.lines.append(f"{file}: {path or '(top)'}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise ConfigError(self.lines)
+
+
+def load_yaml(file: Path, problems: Problems) -> Any:
+    try:
+        return yaml.safe_load(file.read_bytes())
+    except OSError as err:
+        problems.add(file, "", f"cannot read: {err.strerror}")
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problems.add(file, where, f"invalid YAML: {getattr(err, 'problem', err)}")
+    return None
+
+
+def resolve_references(node: Any, file: Path, path: str, problems: Problems, root: Path) -> Any:
+    """Replace `${...}` references in every string of a parsed YAML tree."""
+    if isinstance(node, dict):
+        return {k: resolve_references(v, file, join(path, str(k)), problems, root) for k, v in node.items()}
+    if isinstance(node, list):
+        return [resolve_references(v, file, f"{path}[{i}]", problems, root) for i, v in enumerate(node)]
+    if isinstance(node, str) and "${" in node:
+        return _REFERENCE.sub(lambda m: reference_value(m.group(1), file, path, problems, root), node)
+    return node
+
+
+def reference_value(ref: str, file: Path, path: str, problems: Problems, root: Path) -> str:
+    if ref.startswith("file:"):
+        secret = Path(ref[5:])
+        secret = secret if secret.is_absolute() else root / secret
+        try:
+            return secret.read_text(encoding="utf-8").rstrip("\n")
+        except OSError as err:
+            problems.add(file, path, f"secret file {secret} cannot be read: {err.strerror}")
+            return ""
+    name, has_default, default = ref.partition(":-")
+    value = os.environ.get(name)
+    if value is None and not has_default:
+        problems.add(file, path, f"environment variable {name} is not set (use ${{{name}:-default}})")
+    return value if value is not None else default
+
+
+def join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def format_location(loc: tuple[Any, ...], prefix: str) -> str:
+    path = prefix
+    for part in loc:
+        path = f"{path}[{part}]" if isinstance(part, int) else join(path, str(part))
+    return path
+
+
+def report_validation(
+    err: ValidationError, model: type[BaseModel], file: Path, prefix: str, problems: Problems
+) -> None:
+    """Turn pydantic errors into `file: path: message` lines, with "did you mean" for unknown keys."""
+    for item in err.errors():
+        loc = tuple(item["loc"])
+        message = item["msg"]
+        if item["type"] == "extra_forbidden" and loc:
+            fields = known_fields(model, loc[:-1])
+            message = "unknown option" + registry.suggestion(str(loc[-1]), fields)
+        problems.add(file, format_location(loc, prefix), message)
+
+
+def known_fields(model: type[BaseModel], parents: tuple[Any, ...]) -> list[str]:
+    """Field names of the (possibly nested) model at `parents`."""
+    current: Any = model
+    for part in parents:
+        if isinstance(part, int):
+            continue
+        info = getattr(current, "model_fields", {}).get(part)
+        annotation = getattr(info, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return list(getattr(current, "model_fields", {}))
+        current = annotation
+    return list(getattr(current, "model_fields", {}))
+
+
+def validate_model(
+    model: type[M], data: Any, file: Path, prefix: str, problems: Problems
+) -> M | None:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        report_validation(err, model, file, prefix, problems)
+        return None
+
+
+def build_component(
+    kind: registry.Kind, data: Any, file: Path, path: str, problems: Problems, drop: tuple[str, ...] = ()
+) -> ComponentSpec | None:
+    """Validate one `type: ...` mapping against the registered component's Config."""
+    if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+        problems.add(file, path, f"a {kind} needs a `type`")
+        return None
+    try:
+        cls = registry.load(kind, data["type"])
+    except registry.UnknownComponent as err:
+        problems.add(file, join(path, "type"), str(err))
+        return None
+    options = {k: v for k, v in data.items() if k != "type" and k not in drop}
+    config = validate_model(cls.Config, options, file, path, problems)
+    return ComponentSpec(data["type"], config) if config is not None else None
+
+
+def load_engine_config(file: Path) -> EngineConfig:
+    problems = Problems()
+    root = file.parent.parent if file.parent.name == "config" else file.parent
+    data = load_yaml(file, problems) or {}
+    data = resolve_references(data, file, "", problems, root)
+    config = validate_model(EngineConfig, data, file, "", problems)
+    problems.raise_if_any()
+    assert config is not None
+    return config
+
+
+def load_channel(file: Path, root: Path, problems: Problems) -> ChannelSpec | None:
+    raw = file.read_bytes() if file.exists() else b""
+    data = resolve_references(load_yaml(file, problems), file, "", problems, root)
+    if data is None:
+        if file.exists() and not problems.lines:
+            problems.add(file, "", "the file is empty")
+        return None
+    shell = validate_model(ChannelFile, data, file, "", problems)
+    if shell is None:
+        return None
+    name = shell.name or file.stem
+    if not _NAME.match(name):
+        problems.add(file, "name", f'"{name}" is not a valid channel name (lowercase letters, digits, - and _)')
+    source = build_component("source", shell.source, file, "source", problems)
+    steps = [build_component("step", s, file, f"steps[{i}]", problems) for i, s in enumerate(shell.steps)]
+    destinations = [load_destination(d, file, f"destinations[{i}]", problems)
+                    for i, d in enumerate(shell.destinations)]
+    check_destination_names(destinations, file, problems)
+    if source is None or None in steps or None in destinations:
+        return None
+    return ChannelSpec(
+        name=name, file=file, version=hashlib.sha256(raw).hexdigest()[:16],
+        description=shell.description, enabled=shell.enabled, respond_after=shell.respond_after,
+        source=source, steps=[s for s in steps if s], destinations=[d for d in destinations if d],
+    )
+
+
+def load_destination(data: Any, file: Path, path: str, problems: Problems) -> DestinationSpec | None:
+    if not isinstance(data, dict):
+        problems.add(file, path, "a destination must be a mapping with `name` and `type`")
+        return None
+    entry = validate_model(DestinationEntry, data, file, path, problems)
+    spec = build_component("destination", data, file, path, problems, drop=("name", "queue"))
+    if entry is None or spec is None:
+        return None
+    if entry.queue.order_by:
+        check_hl7_path(entry.queue.order_by, file, join(path, "queue.order_by"), problems)
+    return DestinationSpec(entry.name, spec.type, spec.config, entry.queue)
+
+
+def check_hl7_path(path: str, file: Path, where: str, problems: Problems) -> None:
+    from engine.formats.hl7v2 import parse_path
+
+    try:
+        parse_path(path)
+    except ValueError as err:
+        problems.add(file, where, str(err))
+
+
+def check_destination_names(destinations: list[DestinationSpec | None], file: Path, problems: Problems) -> None:
+    seen: set[str] = set()
+    for i, dest in enumerate(destinations):
+        if dest is not None and dest.name in seen:
+            problems.add(file, f"destinations[{i}].name", f'destination name "{dest.name}" is used twice')
+        if dest is not None:
+            seen.add(dest.name)
+
+
+def load_channels(directory: Path, root: Path) -> list[ChannelSpec]:
+    """Every `*.yaml` channel in `directory`, all validated; ConfigError lists every problem."""
+    problems = Problems()
+    if not directory.is_dir():
+        problems.add(directory, "", "channels folder does not exist")
+        problems.raise_if_any()
+    files = sorted(p for p in directory.glob("*.yaml") if not p.name.endswith(".tests.yaml"))
+    specs = [spec for f in files if (spec := load_channel(f, root, problems)) is not None]
+    check_unique_channels(specs, problems)
+    problems.raise_if_any()
+    return specs
+
+
+def check_unique_channels(specs: list[ChannelSpec], problems: Problems) -> None:
+    names: dict[str, Path] = {}
+    listeners: dict[tuple[str, int], str] = {}
+    for spec in specs:
+        if spec.name in names:
+            problems.add(spec.file, "name", f'channel "{spec.name}" is also defined in {names[spec.name]}')
+        names[spec.name] = spec.file
+        port = getattr(spec.source.config, "port", None)
+        if spec.enabled and isinstance(port, int) and port:
+            key = (str(getattr(spec.source.config, "host", "")), port)
+            if key in listeners:
+                problems.add(spec.file, "source.port", f"port {port} is already used by channel {listeners[key]}")
+            listeners[key] = spec.name
+
+
+@dataclass(frozen=True)
+class Project:
+    """The engine configuration with its channels, all validated."""
+
+    root: Path
+    engine: EngineConfig
+    channels: list[ChannelSpec]
+
+    @property
+    def store_path(self) -> Path:
+        return self.root / self.engine.store.path
+
+
+def load_project(engine_file: Path) -> Project:
+    """Load and validate everything, or raise ConfigError listing every problem."""
+    engine_file = engine_file.resolve()
+    root = engine_file.parent.parent if engine_file.parent.name == "config" else engine_file.parent
+    engine = load_engine_config(engine_file)
+    channels = load_channels(root / engine.channels_dir, root)
+    return Project(root=root, engine=engine, channels=channels)

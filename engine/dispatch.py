@@ -1,0 +1,212 @@
+"""Destination queues: durable, retried with backoff and jitter, aged out, optionally ordered by key.
+
+Each destination of each channel has one `DestinationQueue`. Its work is the `deliveries` rows
+of the store; the in-memory `Feed` only caches them. A delivery is attempted by one of
+`concurrency` workers; the outcome is committed before the next delivery of the same key may
+start, so with `order_by` one patient's messages never overtake each other, retries included.
+
+Outcomes: sent; `RetryableError` -> retrying (backoff) until `max_attempts` or `max_age`, then
+dead; `PermanentError` -> rejected. Any other exception from a destination is a bug in it and
+is treated as retryable so the message is not lost, with the error type logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from engine.config import QueueConfig
+from engine.contracts import Destination
+from engine.errors import PermanentError, RetryableError
+from engine.feed import Feed
+from engine.message import Message
+from engine.store.base import DeliveryUpdate, PendingDelivery, Store
+
+log = structlog.get_logger("passerelle.dispatch")
+
+LoadMessage = Callable[[int], Awaitable[Message]]
+
+
+@dataclass
+class Work:
+    """One delivery to attempt. `message` is None when it was reloaded from the store."""
+
+    delivery_id: int
+    message_id: int
+    order_key: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float = 0.0
+    message: Message | None = field(default=None, repr=False)
+
+
+def backoff(config: QueueConfig, attempts: int) -> float:
+    """Seconds to wait before attempt `attempts + 1`: exponential, capped, with jitter."""
+    base = min(config.max_backoff, config.initial_backoff * config.backoff_multiplier ** (attempts - 1))
+    return max(0.0, base * (1 + random.uniform(-config.jitter, config.jitter)))
+
+
+class DestinationQueue:
+    def __init__(
+        self, channel: str, name: str, destination: Destination, config: QueueConfig, store: Store,
+        load_message: LoadMessage,
+    ) -> None:
+        self.channel = channel
+        self.name = name
+        self.destination = destination
+        self.config = config
+        self.store = store
+        self.load_message = load_message
+        self.feed: Feed[Work] = Feed(config.max_in_memory, self._reload)
+        self._held = asyncio.Semaphore(config.max_in_memory)
+        self._owner: dict[str, int] = {}
+        self._waiting: dict[str, deque[Work]] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._workers: list[asyncio.Task[None]] = []
+        self.in_flight = 0
+        self.last_error = ""
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._workers = [
+            asyncio.create_task(self._worker(), name=f"{self.channel}/{self.name}/{i}")
+            for i in range(self.config.concurrency)
+        ]
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking work; wait for attempts in flight (their outcome is committed), up to `timeout`."""
+        self.feed.close()
+        for timer in self._timers:
+            timer.cancel()
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.destination.close()
+
+    def offer(self, delivery_id: int, message: Message, order_key: str) -> None:
+        """Hand over a delivery that is already committed as queued."""
+        now = time.time()
+        work = Work(delivery_id, message.id or 0, order_key, 0, now, now, message)
+        self.feed.push(delivery_id, work)
+
+    async def _reload(self, after_id: int, limit: int) -> list[tuple[int, Work]]:
+        rows = await self.store.open_deliveries(self.channel, self.name, after_id, limit)
+        return [(row.id, work_from_row(row)) for row in rows]
+
+    # -- the worker loop -----------------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            await self._held.acquire()
+            work = await self.feed.get()
+            if work is None:
+                self._held.release()
+                return
+            if not self._may_run(work):
+                continue  # parked behind an earlier delivery of the same key; still held
+            if work.next_attempt_at > time.time():
+                self._schedule(work, work.next_attempt_at - time.time())
+                continue
+            await self._attempt(work)
+
+    def _may_run(self, work: Work) -> bool:
+        """Ordering: only the key's current owner runs; later deliveries wait in line."""
+        key = work.order_key
+        if not (self.config.order_by and key):
+            return True
+        owner = self._owner.setdefault(key, work.delivery_id)
+        if owner == work.delivery_id:
+            return True
+        self._waiting.setdefault(key, deque()).append(work)
+        return False
+
+    async def _attempt(self, work: Work) -> None:
+        self.in_flight += 1
+        work.attempts += 1
+        try:
+            message = work.message or await self.load_message(work.message_id)
+            work.message = message
+            response = await self.destination.send(message)
+        except RetryableError as err:
+            await self._failed(work, str(err))
+        except PermanentError as err:
+            await self._finish(work, "rejected", str(err))
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:
+            log.error("destination_bug", channel=self.channel, destination=self.name, error=type(err).__name__)
+            await self._failed(work, f"unexpected {type(err).__name__} in destination")
+        else:
+            await self._finish(work, "sent", "", response)
+        finally:
+            self.in_flight -= 1
+
+    async def _failed(self, work: Work, error: str) -> None:
+        self.last_error = error
+        aged = time.time() - work.created_at >= self.config.max_age
+        if work.attempts >= self.config.max_attempts or aged:
+            reason = "maximum age reached" if aged else f"{work.attempts} attempts failed"
+            await self._finish(work, "dead", f"{reason}; last error: {error}")
+            return
+        delay = backoff(self.config, work.attempts)
+        work.next_attempt_at = time.time() + delay
+        await self._commit(work, "retrying", error)
+        self._schedule(work, delay)
+
+    async def _finish(self, work: Work, status: str, error: str, response: bytes | None = None) -> None:
+        if status != "sent":
+            self.last_error = error
+            log.warning("delivery_failed", channel=self.channel, destination=self.name,
+                        delivery=work.delivery_id, status=status)
+        await self._commit(work, status, error, response)
+        self.feed.done(work.delivery_id)
+        self._held.release()
+        self._release_key(work)
+
+    async def _commit(self, work: Work, status: str, error: str, response: bytes | None = None) -> None:
+        await self.store.update_delivery(DeliveryUpdate(
+            work.delivery_id, work.message_id, self.name, status, work.attempts, work.next_attempt_at, error,
+            response,
+        ))
+
+    def _schedule(self, work: Work, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle
+
+        def due() -> None:
+            self._timers.discard(timer)
+            self._requeue(work)
+
+        timer = loop.call_later(delay, due)
+        self._timers.add(timer)
+
+    def _release_key(self, work: Work) -> None:
+        key = work.order_key
+        if not (self.config.order_by and key) or self._owner.get(key) != work.delivery_id:
+            return
+        line = self._waiting.get(key)
+        if not line:
+            self._owner.pop(key, None)
+            self._waiting.pop(key, None)
+            return
+        following = line.popleft()
+        self._owner[key] = following.delivery_id
+        self._requeue(following)
+
+    def _requeue(self, work: Work) -> None:
+        """Put a taken item first in line again; it gives back its place, the worker taking it re-takes one."""
+        self._held.release()
+        self.feed.push_urgent(work)
+
+
+def work_from_row(row: PendingDelivery) -> Work:
+    return Work(row.id, row.message_id, row.order_key, row.attempts, row.created_at, row.next_attempt_at)

@@ -1,0 +1,1 @@
+"""Message formats the engine reads and writes (HL7 v2, ...)."""

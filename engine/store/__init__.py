@@ -1,0 +1,17 @@
+"""The durable message store (see base.py for the contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.config import StoreConfig
+from engine.store.base import Store
+
+
+def open_store(config: StoreConfig, root: Path) -> Store:
+    """The configured backend (not yet opened)."""
+    from engine.store.sqlite import SqliteStore
+
+    path = Path(config.path)
+    return SqliteStore(path if path.is_absolute() else root / path, config.synchronous, config.max_batch,
+                       config.max_size_mb * 1024 * 1024)

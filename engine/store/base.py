@@ -1,0 +1,185 @@
+"""The message store interface: every message, every stage, every status change.
+
+Two backends implement it: SQLite (embedded default) and, with scale-out, PostgreSQL. The
+contract (tests/component/test_store_contract.py runs it over every backend):
+
+- A write method returns only after its data is durably committed. Concurrent writes are
+  grouped into one commit (group commit), so throughput does not collapse to one fsync per
+  message; a failed commit raises `StoreError` for every write of that batch, none is stored.
+- `intake` de-duplicates on (channel, sender + control id): an identical re-send returns the
+  first message's verdict without storing anything; a different message reusing a control id
+  is reported as a conflict.
+- Statuses only move forward; each change adds an `events` row.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.errors import Finding
+
+# Message statuses. `received`: stored, steps not yet run. `queued`: waiting for deliveries.
+# Final: `sent`, `filtered`, `rejected` (at intake), `errored` (a delivery failed for good).
+MESSAGE_STATUSES = ("received", "queued", "sent", "filtered", "rejected", "errored")
+FINAL_MESSAGE_STATUSES = frozenset({"sent", "filtered", "rejected", "errored"})
+# Delivery statuses. `dead`: retries or age exhausted; `rejected`: the peer refused for good.
+DELIVERY_STATUSES = ("queued", "retrying", "sent", "dead", "rejected")
+OPEN_DELIVERY_STATUSES = frozenset({"queued", "retrying"})
+
+
+def findings_to_json(findings: tuple[Finding, ...] | list[Finding]) -> str | None:
+    if not findings:
+        return None
+    return json.dumps([f.__dict__ for f in findings], ensure_ascii=False)
+
+
+def findings_from_json(text: str | None) -> tuple[Finding, ...]:
+    return tuple(Finding(**item) for item in json.loads(text)) if text else ()
+
+
+@dataclass
+class NewDelivery:
+    destination: str
+    order_key: str = ""
+
+
+@dataclass
+class IntakeRecord:
+    """A message as it is first stored, with its verdict and the answer given to the sender."""
+
+    channel: str
+    channel_version: str
+    received_at: float
+    content_type: str
+    source_type: str
+    peer: str
+    tls_subject: str
+    filename: str
+    control_id: str
+    sender: str
+    content_hash: bytes
+    status: str
+    ack_code: str
+    findings: str | None
+    raw: bytes
+    transformed: bytes | None = None
+    response: bytes | None = None
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    dedup: bool = True
+
+    @property
+    def dedup_key(self) -> str | None:
+        return f"{self.sender}\x1f{self.control_id}" if self.control_id and self.dedup else None
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    message_id: int
+    duplicate: bool = False
+    conflict: bool = False
+    status: str = ""
+    ack_code: str = ""
+    findings: str | None = None
+    delivery_ids: tuple[int, ...] = ()
+
+
+@dataclass
+class ProcessedRecord:
+    """The outcome of a `received` message's steps (respond_after: received)."""
+
+    message_id: int
+    status: str
+    findings: str | None
+    transformed: bytes | None
+    deliveries: list[NewDelivery] = field(default_factory=list)
+    detail: str = ""
+
+
+@dataclass
+class DeliveryUpdate:
+    delivery_id: int
+    message_id: int
+    destination: str
+    status: str
+    attempts: int
+    next_attempt_at: float
+    error: str = ""
+    response: bytes | None = None
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    """A message read back from the store (recovery, refill, inspection)."""
+
+    id: int
+    channel: str
+    channel_version: str
+    received_at: float
+    content_type: str
+    source_type: str
+    peer: str
+    tls_subject: str
+    filename: str
+    control_id: str
+    sender: str
+    status: str
+    ack_code: str
+    findings: str | None
+    raw: bytes
+    transformed: bytes | None
+    response: bytes | None
+
+
+@dataclass(frozen=True)
+class PendingDelivery:
+    id: int
+    message_id: int
+    destination: str
+    status: str
+    order_key: str
+    attempts: int
+    created_at: float
+    next_attempt_at: float
+
+
+class Store(ABC):
+    """What the engine needs from durable storage. All methods are safe to call concurrently."""
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def intake(self, record: IntakeRecord) -> IntakeResult: ...
+
+    @abstractmethod
+    async def processed(self, record: ProcessedRecord) -> tuple[int, ...]:
+        """Store a received message's step outcome; returns the new delivery ids."""
+
+    @abstractmethod
+    async def update_delivery(self, update: DeliveryUpdate) -> None: ...
+
+    @abstractmethod
+    async def unprocessed(self, channel: str, after_id: int, limit: int) -> list[StoredMessage]:
+        """Messages still `received` (their steps never ran), oldest first."""
+
+    @abstractmethod
+    async def open_deliveries(
+        self, channel: str, destination: str, after_id: int, limit: int
+    ) -> list[PendingDelivery]:
+        """Deliveries still queued or retrying, in id order."""
+
+    @abstractmethod
+    async def message(self, message_id: int) -> StoredMessage | None: ...
+
+    @abstractmethod
+    async def events(self, message_id: int) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def stats(self) -> dict[str, Any]:
+        """Per channel: message counts per status; per destination: counts per status, oldest open."""

@@ -1,0 +1,361 @@
+"""SQLite message store: WAL, synchronous=FULL, one writer thread doing group commits.
+
+Why a writer thread: SQLite allows one writer at a time and every commit costs an fsync.
+All writes are queued to one thread that takes everything waiting (up to `max_batch`), runs
+it in one transaction and commits once; the asyncio futures of the whole batch are then
+resolved with one `call_soon_threadsafe`. sqlite3 releases the GIL while it steps and syncs,
+so the event loop keeps serving connections meanwhile. Reads use their own connections
+(WAL readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine.errors import StoreError
+from engine.store.base import (
+    OPEN_DELIVERY_STATUSES,
+    DeliveryUpdate,
+    IntakeRecord,
+    IntakeResult,
+    NewDelivery,
+    PendingDelivery,
+    ProcessedRecord,
+    Store,
+    StoredMessage,
+)
+from engine.store.schema import SCHEMA
+
+Op = Callable[[sqlite3.Connection], Any]
+_Job = tuple[Op, asyncio.Future[Any]]
+_STOP = object()
+
+_MESSAGE_COLUMNS = (
+    "id, channel, channel_version, received_at, content_type, source_type, peer, tls_subject, filename,"
+    " control_id, sender, status, ack_code, findings, raw, transformed, response"
+)
+
+
+def connect(path: Path, synchronous: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class SqliteStore(Store):
+    def __init__(self, path: Path, synchronous: str = "full", max_batch: int = 512, max_bytes: int = 0) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.synchronous = synchronous
+        self.max_batch = max_batch
+        self._jobs: queue.SimpleQueue[_Job | object] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self.commits = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = await asyncio.to_thread(self._open_writer)
+        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="store-writer", daemon=True)
+        self._writer.start()
+
+    def _open_writer(self) -> sqlite3.Connection:
+        try:
+            conn = connect(self.path, self.synchronous)
+            conn.executescript(SCHEMA)
+            if self.max_bytes:
+                page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+                conn.execute(f"PRAGMA max_page_count={max(1, self.max_bytes // page_size)}")
+        except sqlite3.Error as err:
+            raise StoreError(f"cannot open the store at {self.path}: {err}") from err
+        return conn
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._jobs.put(_STOP)
+            await asyncio.to_thread(self._writer.join)
+            self._writer = None
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    # -- the writer --------------------------------------------------------------------------
+
+    async def _write(self, op: Op) -> Any:
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._jobs.put((op, future))
+        return await future
+
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        try:
+            while (batch := self._next_batch()) is not None:
+                self._run_batch(conn, batch)
+        finally:
+            conn.close()
+
+    def _next_batch(self) -> list[_Job] | None:
+        first = self._jobs.get()
+        if first is _STOP:
+            return None
+        batch: list[_Job] = [first]  # type: ignore[list-item]
+        while len(batch) < self.max_batch:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is _STOP:
+                self._jobs.put(_STOP)
+                break
+            batch.append(job)  # type: ignore[arg-type]
+        return batch
+
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            results = [op(conn) for op, _ in batch]
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as err:
+            rollback(conn)
+            fail_all(batch, StoreError(f"store commit failed: {err}"))
+            return
+        except Exception:
+            # A bug in one operation must not fail the others: run each in its own transaction.
+            rollback(conn)
+            self._run_one_by_one(conn, batch)
+            return
+        resolve_all(batch, results)
+
+    def _run_one_by_one(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
+        for op, future in batch:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                result = op(conn)
+                conn.execute("COMMIT")
+            except Exception as err:
+                rollback(conn)
+                fail_all([(op, future)], StoreError(f"store operation failed: {err}"))
+            else:
+                resolve_all([(op, future)], [result])
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path, self.synchronous)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    async def _read(self, query: Callable[[sqlite3.Connection], Any]) -> Any:
+        def run() -> Any:
+            try:
+                return query(self._reader())
+            except sqlite3.Error as err:
+                raise StoreError(f"store read failed: {err}") from err
+
+        return await asyncio.to_thread(run)
+
+    # -- the interface -----------------------------------------------------------------------
+
+    async def intake(self, record: IntakeRecord) -> IntakeResult:
+        result: IntakeResult = await self._write(lambda conn: intake_op(conn, record))
+        return result
+
+    async def processed(self, record: ProcessedRecord) -> tuple[int, ...]:
+        ids: tuple[int, ...] = await self._write(lambda conn: processed_op(conn, record))
+        return ids
+
+    async def update_delivery(self, update: DeliveryUpdate) -> None:
+        await self._write(lambda conn: update_delivery_op(conn, update))
+
+    async def unprocessed(self, channel: str, after_id: int, limit: int) -> list[StoredMessage]:
+        sql = (f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel=? AND status='received' AND id>?"
+               " ORDER BY id LIMIT ?")
+        rows = await self._read(lambda c: c.execute(sql, (channel, after_id, limit)).fetchall())
+        return [StoredMessage(*row) for row in rows]
+
+    async def open_deliveries(
+        self, channel: str, destination: str, after_id: int, limit: int
+    ) -> list[PendingDelivery]:
+        sql = ("SELECT id, message_id, destination, status, order_key, attempts, created_at, next_attempt_at"
+               " FROM deliveries WHERE channel=? AND destination=? AND status IN ('queued','retrying')"
+               " AND id>? ORDER BY id LIMIT ?")
+        rows = await self._read(lambda c: c.execute(sql, (channel, destination, after_id, limit)).fetchall())
+        return [PendingDelivery(*row) for row in rows]
+
+    async def message(self, message_id: int) -> StoredMessage | None:
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id=?"
+        row = await self._read(lambda c: c.execute(sql, (message_id,)).fetchone())
+        return StoredMessage(*row) if row else None
+
+    async def events(self, message_id: int) -> list[dict[str, Any]]:
+        sql = "SELECT at, status, destination, detail FROM events WHERE message_id=? ORDER BY id"
+        rows = await self._read(lambda c: c.execute(sql, (message_id,)).fetchall())
+        return [{"at": r[0], "status": r[1], "destination": r[2], "detail": r[3]} for r in rows]
+
+    async def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = await self._read(stats_query)
+        return stats
+
+
+# -- operations run by the writer thread (plain functions of a connection) -------------------
+
+
+def intake_op(conn: sqlite3.Connection, r: IntakeRecord) -> IntakeResult:
+    dedup_key = r.dedup_key
+    if dedup_key is not None:
+        existing = conn.execute(
+            "SELECT id, content_hash, status, ack_code, findings FROM messages WHERE channel=? AND dedup_key=?",
+            (r.channel, dedup_key),
+        ).fetchone()
+        if existing is not None:
+            same = existing[1] == r.content_hash
+            return IntakeResult(existing[0], duplicate=same, conflict=not same, status=existing[2],
+                                ack_code=existing[3], findings=existing[4])
+    message_id = insert_message(conn, r, dedup_key)
+    delivery_ids = insert_deliveries(conn, message_id, r.channel, r.deliveries, r.received_at)
+    return IntakeResult(message_id, status=r.status, ack_code=r.ack_code, findings=r.findings,
+                        delivery_ids=delivery_ids)
+
+
+def insert_message(conn: sqlite3.Connection, r: IntakeRecord, dedup_key: str | None) -> int:
+    cur = conn.execute(
+        "INSERT INTO messages (channel, channel_version, received_at, updated_at, content_type, source_type,"
+        " peer, tls_subject, filename, control_id, sender, dedup_key, content_hash, status, ack_code,"
+        " findings, raw, transformed, response) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (r.channel, r.channel_version, r.received_at, r.received_at, r.content_type, r.source_type, r.peer,
+         r.tls_subject, r.filename, r.control_id, r.sender, dedup_key, r.content_hash, r.status, r.ack_code,
+         r.findings, r.raw, r.transformed, r.response),
+    )
+    message_id = int(cur.lastrowid or 0)
+    conn.execute("INSERT INTO events (message_id, at, status, detail) VALUES (?,?,?,?)",
+                 (message_id, r.received_at, r.status, r.ack_code))
+    return message_id
+
+
+def insert_deliveries(
+    conn: sqlite3.Connection, message_id: int, channel: str, deliveries: list[NewDelivery], now: float
+) -> tuple[int, ...]:
+    ids = []
+    for d in deliveries:
+        cur = conn.execute(
+            "INSERT INTO deliveries (message_id, channel, destination, status, order_key, attempts, created_at,"
+            " next_attempt_at, updated_at) VALUES (?,?,?,'queued',?,0,?,?,?)",
+            (message_id, channel, d.destination, d.order_key, now, now, now),
+        )
+        ids.append(int(cur.lastrowid or 0))
+    return tuple(ids)
+
+
+def processed_op(conn: sqlite3.Connection, r: ProcessedRecord) -> tuple[int, ...]:
+    now = time.time()
+    conn.execute(
+        "UPDATE messages SET status=?, findings=coalesce(?, findings), transformed=?, updated_at=?"
+        " WHERE id=? AND status='received'",
+        (r.status, r.findings, r.transformed, now, r.message_id),
+    )
+    conn.execute("INSERT INTO events (message_id, at, status, detail) VALUES (?,?,?,?)",
+                 (r.message_id, now, r.status, r.detail))
+    channel = conn.execute("SELECT channel FROM messages WHERE id=?", (r.message_id,)).fetchone()[0]
+    return insert_deliveries(conn, r.message_id, channel, r.deliveries, now)
+
+
+def update_delivery_op(conn: sqlite3.Connection, u: DeliveryUpdate) -> None:
+    now = time.time()
+    conn.execute(
+        "UPDATE deliveries SET status=?, attempts=?, next_attempt_at=?, updated_at=?, last_error=?,"
+        " response=coalesce(?, response) WHERE id=?",
+        (u.status, u.attempts, u.next_attempt_at, now, u.error or None, u.response, u.delivery_id),
+    )
+    conn.execute("INSERT INTO events (message_id, at, status, destination, detail) VALUES (?,?,?,?,?)",
+                 (u.message_id, now, u.status, u.destination, u.error or None))
+    if u.status not in OPEN_DELIVERY_STATUSES:
+        settle_message(conn, u.message_id, now)
+
+
+def settle_message(conn: sqlite3.Connection, message_id: int, now: float) -> None:
+    """Give a message its final status once none of its deliveries is open any more."""
+    rows = conn.execute("SELECT status FROM deliveries WHERE message_id=?", (message_id,)).fetchall()
+    statuses = {row[0] for row in rows}
+    if statuses & OPEN_DELIVERY_STATUSES:
+        return
+    final = "sent" if statuses <= {"sent"} else "errored"
+    cur = conn.execute("UPDATE messages SET status=?, updated_at=? WHERE id=? AND status='queued'",
+                       (final, now, message_id))
+    if cur.rowcount:
+        conn.execute("INSERT INTO events (message_id, at, status) VALUES (?,?,?)", (message_id, now, final))
+
+
+def stats_query(conn: sqlite3.Connection) -> dict[str, Any]:
+    channels: dict[str, Any] = {}
+    for channel, status, count in conn.execute(
+        "SELECT channel, status, count(*) FROM messages GROUP BY channel, status"
+    ):
+        channels.setdefault(channel, {"messages": {}, "destinations": {}})["messages"][status] = count
+    for channel, destination, status, count, oldest in conn.execute(
+        "SELECT channel, destination, status, count(*), min(created_at) FROM deliveries"
+        " GROUP BY channel, destination, status"
+    ):
+        entry = channels.setdefault(channel, {"messages": {}, "destinations": {}})
+        dest = entry["destinations"].setdefault(destination, {"deliveries": {}, "oldest_open_at": None})
+        dest["deliveries"][status] = count
+        if status in OPEN_DELIVERY_STATUSES:
+            current = dest["oldest_open_at"]
+            dest["oldest_open_at"] = oldest if current is None else min(current, oldest)
+    return {"channels": channels}
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # no transaction was open: nothing to undo
+
+
+def resolve_all(batch: list[_Job], results: list[Any]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for (_, future), result in zip(batch, results, strict=True):
+        by_loop.setdefault(future.get_loop(), []).append((future, result))
+    for loop, pairs in by_loop.items():
+        call_soon(loop, _set_results, pairs)
+
+
+def fail_all(batch: list[_Job], error: Exception) -> None:
+    resolve_all(batch, [error] * len(batch))
+
+
+def _set_results(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in pairs:
+        if future.done():
+            continue  # the caller was cancelled; the data is committed all the same
+        if isinstance(result, Exception):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+
+
+def call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass  # the loop is closed: nobody is waiting any more

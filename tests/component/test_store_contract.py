@@ -1,0 +1,125 @@
+"""The store contract, run over every store backend (SQLite now; PostgreSQL joins with scale-out)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from engine.errors import StoreError
+from engine.store.base import DeliveryUpdate, IntakeRecord, NewDelivery, ProcessedRecord, Store
+from engine.store.sqlite import SqliteStore
+
+BACKENDS: dict[str, Callable[[Path], Store]] = {
+    "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    backend = BACKENDS[request.param](tmp_path)
+    await backend.open()
+    yield backend
+    await backend.close()
+
+
+def record(control_id: str = "C1", raw: bytes = b"MSH|^~\\&|LAB|A|||x||ORU^R01|C1|P|2.5\r", status: str = "queued",
+           deliveries: list[NewDelivery] | None = None, sender: str = "LAB|A") -> IntakeRecord:
+    return IntakeRecord(
+        channel="lab", channel_version="v1", received_at=1.0, content_type="application/hl7-v2",
+        source_type="mllp", peer="127.0.0.1:1", tls_subject="", filename="", control_id=control_id,
+        sender=sender, content_hash=raw, status=status, ack_code="AA", findings=None, raw=raw,
+        response=b"ACK", deliveries=deliveries if deliveries is not None else [NewDelivery("archive")],
+    )
+
+
+async def test_intake_is_readable_back_with_its_answer_and_deliveries(store: Store) -> None:
+    result = await store.intake(record())
+    stored = await store.message(result.message_id)
+    assert stored is not None and stored.raw == record().raw and stored.response == b"ACK"
+    assert stored.status == "queued" and len(result.delivery_ids) == 1
+    pending = await store.open_deliveries("lab", "archive", 0, 10)
+    assert [p.id for p in pending] == list(result.delivery_ids)
+
+
+async def test_identical_resend_is_a_duplicate_and_not_stored_twice(store: Store) -> None:
+    first = await store.intake(record())
+    again = await store.intake(record())
+    assert again.duplicate and again.message_id == first.message_id and again.ack_code == "AA"
+    stats = await store.stats()
+    assert stats["channels"]["lab"]["messages"] == {"queued": 1}
+
+
+async def test_same_control_id_from_another_sender_is_not_a_duplicate(store: Store) -> None:
+    first = await store.intake(record())
+    other = await store.intake(record(sender="LAB|B"))
+    assert not other.duplicate and other.message_id != first.message_id
+
+
+async def test_reused_control_id_with_different_content_is_a_conflict(store: Store) -> None:
+    await store.intake(record())
+    clash = await store.intake(record(raw=b"MSH|^~\\&|LAB|A|||x||ORU^R01|C1|P|2.5\rPID|1\r"))
+    assert clash.conflict and not clash.duplicate
+
+
+async def test_delivery_outcomes_settle_the_message_status(store: Store) -> None:
+    result = await store.intake(record(deliveries=[NewDelivery("a"), NewDelivery("b")]))
+    first, second = result.delivery_ids
+    await store.update_delivery(DeliveryUpdate(first, result.message_id, "a", "sent", 1, 0.0))
+    assert (await store.message(result.message_id)).status == "queued"  # type: ignore[union-attr]
+    await store.update_delivery(DeliveryUpdate(second, result.message_id, "b", "retrying", 1, 5.0, "timeout"))
+    assert (await store.message(result.message_id)).status == "queued"  # type: ignore[union-attr]
+    await store.update_delivery(DeliveryUpdate(second, result.message_id, "b", "dead", 2, 5.0, "gave up"))
+    assert (await store.message(result.message_id)).status == "errored"  # type: ignore[union-attr]
+    statuses = [e["status"] for e in await store.events(result.message_id)]
+    assert statuses == ["queued", "sent", "retrying", "dead", "errored"]
+
+
+async def test_received_message_is_listed_until_processed(store: Store) -> None:
+    result = await store.intake(record(status="received", deliveries=[]))
+    assert [m.id for m in await store.unprocessed("lab", 0, 10)] == [result.message_id]
+    ids = await store.processed(ProcessedRecord(result.message_id, "queued", None, b"NEW", [NewDelivery("a")]))
+    assert len(ids) == 1 and await store.unprocessed("lab", 0, 10) == []
+    stored = await store.message(result.message_id)
+    assert stored is not None and stored.transformed == b"NEW" and stored.raw == record().raw
+
+
+async def test_concurrent_writes_share_commits(store: Store) -> None:
+    results = await asyncio.gather(*(store.intake(record(control_id=f"C{i}")) for i in range(500)))
+    assert len({r.message_id for r in results}) == 500
+    commits = getattr(store, "commits", None)
+    if commits is not None:  # group commit: far fewer commits than writes
+        assert commits < 250
+
+
+async def test_a_full_store_fails_whole_batches_and_keeps_what_it_committed(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.db", max_bytes=512 * 1024)
+    await store.open()
+    try:
+        big = b"MSH|^~\\&|LAB|A|||x||ORU^R01|X|P|2.5\r" + b"OBX|1|ST|x||" + b"v" * 20_000 + b"\r"
+        outcomes: list[object] = []
+        for wave in range(6):  # one batch per wave of 10 concurrent writes
+            outcomes += await asyncio.gather(
+                *(store.intake(record(control_id=f"C{wave}-{i}", raw=big + f"{wave}-{i}".encode()))
+                  for i in range(10)),
+                return_exceptions=True,
+            )
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        stored = [o for o in outcomes if not isinstance(o, BaseException)]
+        assert stored and failed and all(isinstance(f, StoreError) and "full" in str(f) for f in failed)
+        stats = await store.stats()
+        assert stats["channels"]["lab"]["messages"]["queued"] == len(stored)
+        for result in stored:
+            assert (await store.message(result.message_id)) is not None  # type: ignore[attr-defined]
+    finally:
+        await store.close()
+
+
+async def test_writes_after_close_raise_store_error(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "store.db")
+    await store.open()
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.intake(record())

@@ -1,0 +1,149 @@
+"""Destination queues over the real SQLite store: retries, dead letters, ordering, recovery."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from engine.channel import message_loader
+from engine.config import QueueConfig
+from engine.dispatch import DestinationQueue, backoff
+from engine.errors import PermanentError, RetryableError
+from engine.message import HL7V2, Message, SourceMeta
+from engine.store.base import IntakeRecord, NewDelivery
+from engine.store.sqlite import SqliteStore
+
+FAST = {"initial_backoff": 0.01, "max_backoff": 0.02, "jitter": 0.0}
+
+
+class Peer:
+    """A destination whose answers are scripted per message: 'ok', 'retry' or 'permanent'."""
+
+    def __init__(self, script: dict[str, list[str]] | None = None) -> None:
+        self.script = script or {}
+        self.sent: list[str] = []
+        self.attempts: list[str] = []
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def send(self, message: Message) -> bytes | None:
+        await self.release.wait()
+        name = message.raw.decode()
+        self.attempts.append(name)
+        answer = self.script.get(name, ["ok"]).pop(0) if self.script.get(name) else "ok"
+        if answer == "retry":
+            raise RetryableError("peer busy")
+        if answer == "permanent":
+            raise PermanentError("peer says no")
+        self.sent.append(name)
+        return b"OK"
+
+    async def close(self) -> None:
+        return None
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    s = SqliteStore(tmp_path / "store.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def enqueue(store: SqliteStore, queue: DestinationQueue, name: str, key: str = "") -> int:
+    raw = name.encode()
+    result = await store.intake(IntakeRecord(
+        "lab", "v1", 1.0, HL7V2, "mllp", "", "", "", name, "S", raw, "queued", "AA", None, raw,
+        deliveries=[NewDelivery(queue.name, key)],
+    ))
+    message = Message("lab", raw, HL7V2, SourceMeta("mllp"), id=result.message_id, control_id=name)
+    queue.offer(result.delivery_ids[0], message, key)
+    return result.message_id
+
+
+def make_queue(store: SqliteStore, peer: Peer, **queue: object) -> DestinationQueue:
+    config = QueueConfig.model_validate({**FAST, **queue})
+    return DestinationQueue("lab", "out", peer, config, store, message_loader(store, ""))  # type: ignore[arg-type]
+
+
+async def settled(store: SqliteStore, message_id: int) -> str:
+    for _ in range(500):
+        stored = await store.message(message_id)
+        assert stored is not None
+        if stored.status in ("sent", "errored"):
+            return stored.status
+        await asyncio.sleep(0.01)
+    raise AssertionError("message never settled")
+
+
+async def test_retryable_errors_are_retried_until_sent(store: SqliteStore) -> None:
+    peer = Peer({"m1": ["retry", "retry", "ok"]})
+    queue = make_queue(store, peer)
+    queue.start()
+    mid = await enqueue(store, queue, "m1")
+    assert await settled(store, mid) == "sent"
+    assert peer.attempts == ["m1"] * 3
+    events = [(e["status"], e["detail"]) for e in await store.events(mid)]
+    assert events == [("queued", "AA"), ("retrying", "peer busy"), ("retrying", "peer busy"),
+                      ("sent", None), ("sent", None)]
+    await queue.stop(1)
+
+
+async def test_exhausted_retries_dead_letter_the_delivery(store: SqliteStore) -> None:
+    peer = Peer({"m1": ["retry"] * 5})
+    queue = make_queue(store, peer, max_attempts=3)
+    queue.start()
+    mid = await enqueue(store, queue, "m1")
+    assert await settled(store, mid) == "errored"
+    events = await store.events(mid)
+    assert events[-2]["status"] == "dead" and "3 attempts failed; last error: peer busy" in events[-2]["detail"]
+    await queue.stop(1)
+
+
+async def test_permanent_error_rejects_without_retrying(store: SqliteStore) -> None:
+    peer = Peer({"m1": ["permanent"]})
+    queue = make_queue(store, peer)
+    queue.start()
+    mid = await enqueue(store, queue, "m1")
+    assert await settled(store, mid) == "errored"
+    assert peer.attempts == ["m1"]
+    assert (await store.events(mid))[-2]["status"] == "rejected"
+    await queue.stop(1)
+
+
+async def test_one_keys_messages_never_overtake_each_other(store: SqliteStore) -> None:
+    peer = Peer({"a1": ["retry", "retry", "ok"]})
+    queue = make_queue(store, peer, order_by="PID-3.1", concurrency=4)
+    queue.start()
+    ids = [await enqueue(store, queue, name, key) for name, key in
+           [("a1", "A"), ("b1", "B"), ("a2", "A"), ("b2", "B"), ("a3", "A")]]
+    for mid in ids:
+        assert await settled(store, mid) == "sent"
+    assert [n for n in peer.sent if n.startswith("a")] == ["a1", "a2", "a3"]
+    assert peer.sent.index("b1") < peer.sent.index("a1")  # another key is not held up
+    await queue.stop(1)
+
+
+async def test_a_new_queue_resumes_open_deliveries_from_the_store(store: SqliteStore) -> None:
+    stalled = Peer()
+    stalled.release.clear()
+    first = make_queue(store, stalled)
+    ids = [await enqueue(store, first, f"m{i}") for i in range(5)]
+    await first.stop(0.1)  # never started: like an engine killed before delivering
+    peer = Peer()
+    second = make_queue(store, peer)
+    second.start()
+    for mid in ids:
+        assert await settled(store, mid) == "sent"
+    assert sorted(peer.sent) == [f"m{i}" for i in range(5)]
+    await second.stop(1)
+
+
+def test_backoff_grows_and_is_capped() -> None:
+    config = QueueConfig(initial_backoff=1, backoff_multiplier=2, max_backoff=5, jitter=0)
+    assert [backoff(config, n) for n in (1, 2, 3, 4)] == [1, 2, 4, 5]
+    jittered = QueueConfig(initial_backoff=10, jitter=0.2)
+    assert all(8 <= backoff(jittered, 1) <= 12 for _ in range(100))

@@ -1,0 +1,99 @@
+"""The bounded feed: memory first, the store as overflow; nothing missed, nothing handed out twice."""
+
+from __future__ import annotations
+
+import asyncio
+
+from engine.feed import Feed
+
+
+class FakeStore:
+    """Open work by id, as the store would list it; `done` closes an item."""
+
+    def __init__(self) -> None:
+        self.open: dict[int, str] = {}
+        self.queries = 0
+
+    async def reload(self, after_id: int, limit: int) -> list[tuple[int, str]]:
+        self.queries += 1
+        await asyncio.sleep(0)  # a real query yields to the loop
+        return [(i, v) for i, v in sorted(self.open.items()) if i > after_id][:limit]
+
+    def commit(self, feed: Feed[str], item_id: int) -> None:
+        self.open[item_id] = f"m{item_id}"
+        feed.push(item_id, f"m{item_id}")
+
+
+async def drain(feed: Feed[str], store: FakeStore, count: int) -> list[str]:
+    taken = []
+    for _ in range(count):
+        item = await asyncio.wait_for(feed.get(), 2)
+        assert item is not None
+        taken.append(item)
+        item_id = int(item[1:])
+        del store.open[item_id]
+        feed.done(item_id)
+    return taken
+
+
+async def test_first_get_recovers_what_a_previous_run_left_open() -> None:
+    store = FakeStore()
+    store.open = {3: "m3", 7: "m7"}
+    feed: Feed[str] = Feed(10, store.reload)
+    assert await drain(feed, store, 2) == ["m3", "m7"]
+
+
+async def test_overflow_is_reloaded_from_the_store_in_order_without_loss() -> None:
+    store = FakeStore()
+    feed: Feed[str] = Feed(5, store.reload)
+    await drain(feed, store, 0)
+    for i in range(1, 31):
+        store.commit(feed, i)
+    assert await drain(feed, store, 30) == [f"m{i}" for i in range(1, 31)]
+    waiter = asyncio.create_task(feed.get())  # finds the store empty: back to memory mode
+    await asyncio.sleep(0.01)
+    assert not feed.spilled
+    store.commit(feed, 31)
+    assert await asyncio.wait_for(waiter, 1) == "m31"
+
+
+async def test_item_committed_during_a_reload_is_not_missed() -> None:
+    store = FakeStore()
+    feed: Feed[str] = Feed(2, store.reload)
+    for i in range(1, 6):
+        store.commit(feed, i)  # spilled from the start: all dropped, all in the store
+
+    async def commit_during_reload() -> None:
+        await asyncio.sleep(0)
+        store.commit(feed, 6)
+
+    task = asyncio.create_task(commit_during_reload())
+    assert await drain(feed, store, 6) == [f"m{i}" for i in range(1, 7)]
+    await task
+
+
+async def test_an_item_in_flight_is_not_handed_out_again_by_a_reload() -> None:
+    store = FakeStore()
+    feed: Feed[str] = Feed(2, store.reload)
+    for i in range(1, 5):
+        store.commit(feed, i)
+    first = await feed.get()  # taken, not done: still open in the store
+    rest = [await feed.get() for _ in range(3)]
+    assert first == "m1" and rest == ["m2", "m3", "m4"]
+
+
+async def test_urgent_items_come_first() -> None:
+    store = FakeStore()
+    feed: Feed[str] = Feed(10, store.reload)
+    store.commit(feed, 1)
+    feed.push_urgent("retry")
+    assert await feed.get() == "retry"
+
+
+async def test_close_wakes_waiting_consumers() -> None:
+    store = FakeStore()
+    feed: Feed[str] = Feed(10, store.reload)
+    waiter = asyncio.create_task(feed.get())
+    await asyncio.sleep(0.01)
+    feed.close()
+    assert await asyncio.wait_for(waiter, 1) is None
