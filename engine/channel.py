@@ -40,7 +40,12 @@ PIPELINE_MEMORY = 10_000
 
 class Channel:
     def __init__(
-        self, spec: ChannelSpec, source: Source, steps: list[Step], queues: list[DestinationQueue], store: Store,
+        self,
+        spec: ChannelSpec,
+        source: Source,
+        steps: list[Step],
+        queues: list[DestinationQueue],
+        store: Store,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -76,8 +81,15 @@ class Channel:
 
     async def accept(self, intake: Intake) -> Receipt:
         """Store the message durably (de-duplicated), then say what was decided. Raises StoreError."""
-        message = Message(self.name, intake.raw, intake.content_type, intake.meta, control_id=intake.control_id,
-                          sender=intake.sender, charset=intake.charset)
+        message = Message(
+            self.name,
+            intake.raw,
+            intake.content_type,
+            intake.meta,
+            control_id=intake.control_id,
+            sender=intake.sender,
+            charset=intake.charset,
+        )
         verdict, deliveries = self._judge(intake, message)
         response = intake.respond(verdict) if intake.respond else None
         result = await self.store.intake(self._record(intake, message, verdict, response, deliveries))
@@ -96,18 +108,35 @@ class Channel:
         return RECEIVED, []
 
     def _record(
-        self, intake: Intake, message: Message, verdict: Verdict, response: bytes | None,
-        deliveries: list[NewDelivery], dedup: bool = True,
+        self,
+        intake: Intake,
+        message: Message,
+        verdict: Verdict,
+        response: bytes | None,
+        deliveries: list[NewDelivery],
+        dedup: bool = True,
     ) -> IntakeRecord:
         meta = intake.meta
         content = message.content() if verdict.status != "received" else intake.raw
         return IntakeRecord(
-            channel=self.name, channel_version=self.spec.version, received_at=message.received_at,
-            content_type=intake.content_type, source_type=meta.source_type, peer=meta.peer,
-            tls_subject=meta.tls_subject, filename=meta.filename, control_id=intake.control_id,
-            sender=intake.sender, content_hash=hashlib.sha256(intake.raw).digest(), status=verdict.status,
-            ack_code=verdict.code, findings=findings_to_json(verdict.findings), raw=intake.raw,
-            transformed=content if content != intake.raw else None, response=response, deliveries=deliveries,
+            channel=self.name,
+            channel_version=self.spec.version,
+            received_at=message.received_at,
+            content_type=intake.content_type,
+            source_type=meta.source_type,
+            peer=meta.peer,
+            tls_subject=meta.tls_subject,
+            filename=meta.filename,
+            control_id=intake.control_id,
+            sender=intake.sender,
+            content_hash=hashlib.sha256(intake.raw).digest(),
+            status=verdict.status,
+            ack_code=verdict.code,
+            findings=findings_to_json(verdict.findings),
+            raw=intake.raw,
+            transformed=content if content != intake.raw else None,
+            response=response,
+            deliveries=deliveries,
             dedup=dedup,
         )
 
@@ -121,15 +150,23 @@ class Channel:
 
     async def _accept_conflict(self, intake: Intake) -> Receipt:
         """A different message reusing a control id: stored as rejected, answered AE 205."""
-        finding = Finding(f"control id {intake.control_id} was already used by this sender for a different "
-                          "message; send each message with a new MSH-10", code="205", location="MSH^1^10")
-        message = Message(self.name, intake.raw, intake.content_type, intake.meta, control_id=intake.control_id)
+        finding = Finding(
+            f"control id {intake.control_id} was already used by this sender for a different "
+            "message; send each message with a new MSH-10",
+            code="205",
+            location="MSH^1^10",
+        )
+        message = Message(
+            self.name, intake.raw, intake.content_type, intake.meta, control_id=intake.control_id
+        )
         verdict = Verdict("AE", "rejected", (finding,))
         response = intake.respond(verdict) if intake.respond else None
         result = await self.store.intake(self._record(intake, message, verdict, response, [], dedup=False))
         return self._hand_over(message, verdict, response, result)
 
-    def _hand_over(self, message: Message, verdict: Verdict, response: bytes | None, result: IntakeResult) -> Receipt:
+    def _hand_over(
+        self, message: Message, verdict: Verdict, response: bytes | None, result: IntakeResult
+    ) -> Receipt:
         done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         if verdict.status == "received":
             self._waiters[result.message_id] = done
@@ -140,6 +177,9 @@ class Channel:
         return Receipt(result.message_id, verdict, response, processed=done)
 
     def _offer(self, message: Message, delivery_ids: tuple[int, ...]) -> None:
+        """Hand created deliveries (one per queue, in queue order; none when not queued) to the queues."""
+        if not delivery_ids:
+            return
         for queue, delivery_id in zip(self.queues, delivery_ids, strict=True):
             queue.offer(delivery_id, message, order_key(message, queue.config.order_by))
 
@@ -168,10 +208,16 @@ class Channel:
         while (message := await self.pipeline.get()) is not None:
             verdict, deliveries = self.process(message)
             assert message.id is not None
-            ids = await self.store.processed(ProcessedRecord(
-                message.id, verdict.status, findings_to_json(verdict.findings),
-                message.content() if message.transformed() else None, deliveries, verdict.code,
-            ))
+            ids = await self.store.processed(
+                ProcessedRecord(
+                    message.id,
+                    verdict.status,
+                    findings_to_json(verdict.findings),
+                    message.content() if message.transformed() else None,
+                    deliveries,
+                    verdict.code,
+                )
+            )
             self.pipeline.done(message.id)
             self._offer(message, ids)
             waiter = self._waiters.pop(message.id, None)
@@ -211,5 +257,15 @@ def order_key(message: Message, path: str) -> str:
 
 def message_from_row(row: StoredMessage, charset: str = "") -> Message:
     meta = SourceMeta(row.source_type, row.peer, row.tls_subject, row.filename)
-    return Message(row.channel, row.raw, row.content_type, meta, received_at=row.received_at, id=row.id,
-                   control_id=row.control_id, sender=row.sender, charset=charset, body=row.transformed)
+    return Message(
+        row.channel,
+        row.raw,
+        row.content_type,
+        meta,
+        received_at=row.received_at,
+        id=row.id,
+        control_id=row.control_id,
+        sender=row.sender,
+        charset=charset,
+        body=row.transformed,
+    )

@@ -1,10 +1,10 @@
 """`passerelle` command line (also `python run_engine.py`).
 
-    passerelle run      [--config config/engine.yaml]   run the engine until SIGTERM
-    passerelle check    [--config ...]                  validate engine.yaml and every channel
-    passerelle stats    [--config ...] [--json]         counts per channel / status / destination queue
-    passerelle schema   [--config ...] [--output F]     write the channel JSON Schema
-    passerelle validate FILE [--rules NAME]             check a CDA document (schema + Schematron)
+passerelle run      [--config config/engine.yaml]   run the engine until SIGTERM
+passerelle check    [--config ...]                  validate engine.yaml and every channel
+passerelle stats    [--config ...] [--json]         counts per channel / status / destination queue
+passerelle schema   [--config ...] [--output F]     write the channel JSON Schema
+passerelle validate FILE [--rules NAME]             check a CDA document (schema + Schematron)
 """
 
 from __future__ import annotations
@@ -25,14 +25,22 @@ DEFAULT_CONFIG = Path("config/engine.yaml")
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="passerelle", description="Passerelle integration engine")
     commands = top.add_subparsers(dest="command", required=True)
-    for name, text in (("run", "run the engine"), ("check", "validate the configuration and channels"),
-                       ("stats", "message and queue counts"), ("schema", "write the channel JSON Schema")):
+    for name, text in (
+        ("run", "run the engine"),
+        ("check", "validate the configuration and channels"),
+        ("stats", "message and queue counts"),
+        ("schema", "write the channel JSON Schema"),
+    ):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="engine.yaml (default: %(default)s)")
+        sub.add_argument(
+            "--config", type=Path, default=DEFAULT_CONFIG, help="engine.yaml (default: %(default)s)"
+        )
         if name == "stats":
             sub.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "schema":
-            sub.add_argument("--output", type=Path, help="file to write (default: config/schema/channel.schema.json)")
+            sub.add_argument(
+                "--output", type=Path, help="file to write (default: config/schema/channel.schema.json)"
+            )
     validate = commands.add_parser("validate", help="validate a CDA document", add_help=False)
     validate.add_argument("args", nargs=argparse.REMAINDER)
     return top
@@ -67,14 +75,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     project = load_project(args.config)
     for spec in project.channels:
         state = "" if spec.enabled else " (disabled)"
-        print(f"{spec.file}: ok: channel {spec.name}{state}, source {spec.source.type}, "
-              f"{len(spec.steps)} step(s), {len(spec.destinations)} destination(s)")
+        print(
+            f"{spec.file}: ok: channel {spec.name}{state}, source {spec.source.type}, "
+            f"{len(spec.steps)} step(s), {len(spec.destinations)} destination(s)"
+        )
     print(f"{args.config}: ok: {len(project.channels)} channel(s)")
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from engine.store import open_store
 
     config_file: Path = args.config.resolve()
     engine = load_engine_config(config_file)

@@ -248,9 +248,7 @@ def known_fields(model: type[BaseModel], parents: tuple[Any, ...]) -> list[str]:
     return list(getattr(current, "model_fields", {}))
 
 
-def validate_model(
-    model: type[M], data: Any, file: Path, prefix: str, problems: Problems
-) -> M | None:
+def validate_model(model: type[M], data: Any, file: Path, prefix: str, problems: Problems) -> M | None:
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -266,12 +264,12 @@ def build_component(
         problems.add(file, path, f"a {kind} needs a `type`")
         return None
     try:
-        cls = registry.load(kind, data["type"])
+        model = registry.config_model(kind, data["type"])
     except registry.UnknownComponent as err:
         problems.add(file, join(path, "type"), str(err))
         return None
     options = {k: v for k, v in data.items() if k != "type" and k not in drop}
-    config = validate_model(cls.Config, options, file, path, problems)
+    config = validate_model(model, options, file, path, problems)
     return ComponentSpec(data["type"], config) if config is not None else None
 
 
@@ -298,18 +296,27 @@ def load_channel(file: Path, root: Path, problems: Problems) -> ChannelSpec | No
         return None
     name = shell.name or file.stem
     if not _NAME.match(name):
-        problems.add(file, "name", f'"{name}" is not a valid channel name (lowercase letters, digits, - and _)')
+        problems.add(
+            file, "name", f'"{name}" is not a valid channel name (lowercase letters, digits, - and _)'
+        )
     source = build_component("source", shell.source, file, "source", problems)
     steps = [build_component("step", s, file, f"steps[{i}]", problems) for i, s in enumerate(shell.steps)]
-    destinations = [load_destination(d, file, f"destinations[{i}]", problems)
-                    for i, d in enumerate(shell.destinations)]
+    destinations = [
+        load_destination(d, file, f"destinations[{i}]", problems) for i, d in enumerate(shell.destinations)
+    ]
     check_destination_names(destinations, file, problems)
     if source is None or None in steps or None in destinations:
         return None
     return ChannelSpec(
-        name=name, file=file, version=hashlib.sha256(raw).hexdigest()[:16],
-        description=shell.description, enabled=shell.enabled, respond_after=shell.respond_after,
-        source=source, steps=[s for s in steps if s], destinations=[d for d in destinations if d],
+        name=name,
+        file=file,
+        version=hashlib.sha256(raw).hexdigest()[:16],
+        description=shell.description,
+        enabled=shell.enabled,
+        respond_after=shell.respond_after,
+        source=source,
+        steps=[s for s in steps if s],
+        destinations=[d for d in destinations if d],
     )
 
 
@@ -319,10 +326,12 @@ def load_destination(data: Any, file: Path, path: str, problems: Problems) -> De
         return None
     entry = validate_model(DestinationEntry, data, file, path, problems)
     spec = build_component("destination", data, file, path, problems, drop=("name", "queue"))
+    queue = data.get("queue")
+    order_by = queue.get("order_by") if isinstance(queue, dict) else None
+    if isinstance(order_by, str) and order_by:
+        check_hl7_path(order_by, file, join(path, "queue.order_by"), problems)
     if entry is None or spec is None:
         return None
-    if entry.queue.order_by:
-        check_hl7_path(entry.queue.order_by, file, join(path, "queue.order_by"), problems)
     return DestinationSpec(entry.name, spec.type, spec.config, entry.queue)
 
 
@@ -335,7 +344,9 @@ def check_hl7_path(path: str, file: Path, where: str, problems: Problems) -> Non
         problems.add(file, where, str(err))
 
 
-def check_destination_names(destinations: list[DestinationSpec | None], file: Path, problems: Problems) -> None:
+def check_destination_names(
+    destinations: list[DestinationSpec | None], file: Path, problems: Problems
+) -> None:
     seen: set[str] = set()
     for i, dest in enumerate(destinations):
         if dest is not None and dest.name in seen:
@@ -368,7 +379,9 @@ def check_unique_channels(specs: list[ChannelSpec], problems: Problems) -> None:
         if spec.enabled and isinstance(port, int) and port:
             key = (str(getattr(spec.source.config, "host", "")), port)
             if key in listeners:
-                problems.add(spec.file, "source.port", f"port {port} is already used by channel {listeners[key]}")
+                problems.add(
+                    spec.file, "source.port", f"port {port} is already used by channel {listeners[key]}"
+                )
             listeners[key] = spec.name
 
 

@@ -1,8 +1,8 @@
 """The plug-in contracts: what a source, a step and a destination promise.
 
-Each component is one file holding a pydantic `Config` (extra keys forbidden, a description
-per field), an `EXAMPLE` dict (tested), and the class below. The registry finds it by its
-YAML `type`.
+Each component is one file holding, at module level, a pydantic `Config` (extra keys
+forbidden, a docstring per field), an `EXAMPLE` dict (tested), and the class, built as
+`Class(config, context)`. The registry finds the file by its YAML `type`.
 
 Source: `start(deliver)` begins receiving; for every message it calls `await deliver(intake)`
 and answers its peer only after that returns (the store has committed). If `deliver` raises
@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict
 
@@ -107,8 +107,6 @@ class BuildContext:
 
 @runtime_checkable
 class Source(Protocol):
-    Config: ClassVar[type[ComponentConfig]]
-
     async def start(self, deliver: Deliver) -> None: ...
 
     async def stop(self) -> None: ...
@@ -116,15 +114,11 @@ class Source(Protocol):
 
 @runtime_checkable
 class Step(Protocol):
-    Config: ClassVar[type[ComponentConfig]]
-
     def __call__(self, message: Message) -> Message: ...
 
 
 @runtime_checkable
 class Destination(Protocol):
-    Config: ClassVar[type[ComponentConfig]]
-
     async def send(self, message: Message) -> bytes | None: ...
 
     async def close(self) -> None: ...

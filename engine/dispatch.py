@@ -54,7 +54,12 @@ def backoff(config: QueueConfig, attempts: int) -> float:
 
 class DestinationQueue:
     def __init__(
-        self, channel: str, name: str, destination: Destination, config: QueueConfig, store: Store,
+        self,
+        channel: str,
+        name: str,
+        destination: Destination,
+        config: QueueConfig,
+        store: Store,
         load_message: LoadMessage,
     ) -> None:
         self.channel = channel
@@ -143,7 +148,9 @@ class DestinationQueue:
         except asyncio.CancelledError:
             raise
         except Exception as err:
-            log.error("destination_bug", channel=self.channel, destination=self.name, error=type(err).__name__)
+            log.error(
+                "destination_bug", channel=self.channel, destination=self.name, error=type(err).__name__
+            )
             await self._failed(work, f"unexpected {type(err).__name__} in destination")
         else:
             await self._finish(work, "sent", "", response)
@@ -165,18 +172,31 @@ class DestinationQueue:
     async def _finish(self, work: Work, status: str, error: str, response: bytes | None = None) -> None:
         if status != "sent":
             self.last_error = error
-            log.warning("delivery_failed", channel=self.channel, destination=self.name,
-                        delivery=work.delivery_id, status=status)
+            log.warning(
+                "delivery_failed",
+                channel=self.channel,
+                destination=self.name,
+                delivery=work.delivery_id,
+                status=status,
+            )
         await self._commit(work, status, error, response)
         self.feed.done(work.delivery_id)
         self._held.release()
         self._release_key(work)
 
     async def _commit(self, work: Work, status: str, error: str, response: bytes | None = None) -> None:
-        await self.store.update_delivery(DeliveryUpdate(
-            work.delivery_id, work.message_id, self.name, status, work.attempts, work.next_attempt_at, error,
-            response,
-        ))
+        await self.store.update_delivery(
+            DeliveryUpdate(
+                work.delivery_id,
+                work.message_id,
+                self.name,
+                status,
+                work.attempts,
+                work.next_attempt_at,
+                error,
+                response,
+            )
+        )
 
     def _schedule(self, work: Work, delay: float) -> None:
         loop = asyncio.get_running_loop()
@@ -203,7 +223,7 @@ class DestinationQueue:
         self._requeue(following)
 
     def _requeue(self, work: Work) -> None:
-        """Put a taken item first in line again; it gives back its place, the worker taking it re-takes one."""
+        """Put a taken item first in line again (it gives back its place; its next worker re-takes one)."""
         self._held.release()
         self.feed.push_urgent(work)
 

@@ -13,7 +13,8 @@ Kind = Literal["source", "step", "destination"]
 
 SOURCES: dict[str, str] = {
     "mllp": "engine.connectors.mllp.source:MllpSource",
-    "file": "engine.connectors.file.source:FileSource",
+    "sftp": "engine.connectors.sftp.source:SftpSource",
+    "amqp": "engine.connectors.amqp.source:AmqpSource",
 }
 
 STEPS: dict[str, str] = {
@@ -21,11 +22,15 @@ STEPS: dict[str, str] = {
     "set_field": "transforms.set_field:SetField",
     "map_code": "transforms.map_code:MapCode",
     "validate_hl7": "transforms.validate_hl7:ValidateHl7",
+    "validate_schematron": "transforms.validate_schematron:ValidateSchematron",
+    "validate_xsd": "transforms.validate_xsd:ValidateXsd",
 }
 
 DESTINATIONS: dict[str, str] = {
     "mllp": "engine.connectors.mllp.destination:MllpDestination",
     "file": "engine.connectors.file.destination:FileDestination",
+    "sftp": "engine.connectors.sftp.destination:SftpDestination",
+    "amqp": "engine.connectors.amqp.destination:AmqpDestination",
 }
 
 TABLES: dict[Kind, dict[str, str]] = {
@@ -47,14 +52,31 @@ def suggestion(word: str, choices: list[str]) -> str:
     return f" (known: {', '.join(sorted(choices))})"
 
 
-def load(kind: Kind, type_name: str) -> Any:
-    """The component class registered for `type_name`, imported on first use."""
+def _target(kind: Kind, type_name: str) -> tuple[Any, str]:
     table = TABLES[kind]
     target = table.get(type_name)
     if target is None:
         raise UnknownComponent(f'unknown {kind} type "{type_name}"' + suggestion(type_name, list(table)))
     module_name, _, class_name = target.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
+    return importlib.import_module(module_name), class_name
+
+
+def load(kind: Kind, type_name: str) -> Any:
+    """The component class registered for `type_name`, imported on first use."""
+    module, class_name = _target(kind, type_name)
+    return getattr(module, class_name)
+
+
+def config_model(kind: Kind, type_name: str) -> Any:
+    """The component's pydantic `Config`, defined beside the class in the same file."""
+    module, _ = _target(kind, type_name)
+    return module.Config
+
+
+def example(kind: Kind, type_name: str) -> dict[str, Any]:
+    """The component's tested `EXAMPLE` configuration."""
+    module, _ = _target(kind, type_name)
+    return dict(module.EXAMPLE)
 
 
 def all_types(kind: Kind) -> list[str]:

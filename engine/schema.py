@@ -13,9 +13,10 @@ from engine import registry
 from engine.config import ChannelFile, DestinationEntry
 
 
-def component_schema(kind: registry.Kind, type_name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    cls = registry.load(kind, type_name)
-    schema = cls.Config.model_json_schema()
+def component_schema(
+    kind: registry.Kind, type_name: str, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    schema: dict[str, Any] = registry.config_model(kind, type_name).model_json_schema()
     schema["properties"] = {"type": {"const": type_name}, **(extra or {}), **schema.get("properties", {})}
     schema["required"] = ["type", *(extra or {}).keys() & {"name"}, *schema.get("required", [])]
     schema["title"] = f"{kind} {type_name}"
@@ -33,7 +34,10 @@ def channel_schema() -> dict[str, Any]:
     schema.setdefault("$defs", {}).update(entry.get("$defs", {}))
     schema["properties"]["source"] = one_of("source")
     schema["properties"]["steps"] = {"type": "array", "items": one_of("step")}
-    schema["properties"]["destinations"] = {"type": "array", "items": one_of("destination", destination_extra)}
+    schema["properties"]["destinations"] = {
+        "type": "array",
+        "items": one_of("destination", destination_extra),
+    }
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     schema["title"] = "Passerelle channel"
     return schema

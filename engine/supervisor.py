@@ -38,8 +38,11 @@ def build_channel(spec: ChannelSpec, store: Store, context: BuildContext) -> Cha
     queues = []
     for dest in spec.destinations:
         destination: Destination = build("destination", dest.type, dest.config, context)
-        queues.append(DestinationQueue(spec.name, dest.name, destination, dest.queue, store,
-                                       message_loader(store, charset)))
+        queues.append(
+            DestinationQueue(
+                spec.name, dest.name, destination, dest.queue, store, message_loader(store, charset)
+            )
+        )
     return Channel(spec, source, steps, queues, store)
 
 

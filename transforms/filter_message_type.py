@@ -28,8 +28,6 @@ EXAMPLE = {"type": "filter_message_type", "accept": ["ORU^R01"], "on_mismatch": 
 
 
 class FilterMessageType:
-    Config = Config
-
     def __init__(self, config: Config, context: BuildContext) -> None:
         self.config = config
         self.patterns = [p.upper() for p in config.accept]
@@ -39,8 +37,14 @@ class FilterMessageType:
         kind = f"{header.message_code}^{header.trigger_event}".upper()
         if any(fnmatch.fnmatchcase(kind, p) for p in self.patterns):
             return message
-        text = f"message type {kind} is not accepted by this channel (accepted: {', '.join(self.config.accept)})"
+        text = (
+            f"message type {kind} is not accepted by this channel (accepted: {', '.join(self.config.accept)})"
+        )
         if self.config.on_mismatch == "filter":
             raise Filtered(text)
-        code_known = any(fnmatch.fnmatchcase(header.message_code.upper(), p.split("^")[0]) for p in self.patterns)
-        raise Rejected([Finding(text, code="201" if code_known else "200", location="MSH^1^9")], ack_code="AR")
+        code_known = any(
+            fnmatch.fnmatchcase(header.message_code.upper(), p.split("^")[0]) for p in self.patterns
+        )
+        raise Rejected(
+            [Finding(text, code="201" if code_known else "200", location="MSH^1^9")], ack_code="AR"
+        )

@@ -39,13 +39,16 @@ class Config(ComponentConfig):
         return self
 
 
-EXAMPLE = {"type": "map_code", "path": "OBX[*]-3.1", "table": {"GLU": "2345-7", "NA": "2951-2"},
-           "on_missing": "reject", "also_set": {"OBX-3.3": "LN"}}
+EXAMPLE = {
+    "type": "map_code",
+    "path": "OBX[*]-3.1",
+    "table": {"GLU": "2345-7", "NA": "2951-2"},
+    "on_missing": "reject",
+    "also_set": {"OBX-3.3": "LN"},
+}
 
 
 class MapCode:
-    Config = Config
-
     def __init__(self, config: Config, context: BuildContext) -> None:
         parse_path(config.path)
         self.config = config

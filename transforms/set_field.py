@@ -21,8 +21,6 @@ EXAMPLE = {"type": "set_field", "path": "MSH-5", "value": "DSP"}
 
 
 class SetField:
-    Config = Config
-
     def __init__(self, config: Config, context: BuildContext) -> None:
         parse_path(config.path)
         self.config = config

@@ -29,13 +29,14 @@ class Config(ComponentConfig):
     """Report problems as warnings (ACK AA with ERR severity W) instead of refusing the message."""
 
 
-EXAMPLE = {"type": "validate_hl7", "required_segments": ["PID", "OBR", "OBX"],
-           "required_fields": ["PID-3", "OBR-4", "OBX[*]-3", "OBX[*]-11"]}
+EXAMPLE = {
+    "type": "validate_hl7",
+    "required_segments": ["PID", "OBR", "OBX"],
+    "required_fields": ["PID-3", "OBR-4", "OBX[*]-3", "OBX[*]-11"],
+}
 
 
 class ValidateHl7:
-    Config = Config
-
     def __init__(self, config: Config, context: BuildContext) -> None:
         for path in config.required_fields:
             parse_path(path)
@@ -54,17 +55,23 @@ class ValidateHl7:
         raise Rejected(findings, ack_code="AE")
 
     def missing_segments(self, hl7: Hl7Message) -> list[Finding]:
-        return [Finding(f"required segment {name} is missing", code="100", location=name)
-                for name in self.config.required_segments if hl7.count(name) == 0]
+        return [
+            Finding(f"required segment {name} is missing", code="100", location=name)
+            for name in self.config.required_segments
+            if hl7.count(name) == 0
+        ]
 
     def missing_fields(self, hl7: Hl7Message) -> list[Finding]:
         findings = []
         for pattern in self.config.required_fields:
-            segment = parse_path(pattern).segment
+            segment = parse_path(pattern).seg
             if hl7.count(segment) == 0:
                 continue  # reported (or not required) as a segment
-            findings += [Finding(f"required field {path} is empty", code="101", location=location(path))
-                         for path in hl7.expand(pattern) if not hl7.get(path)]
+            findings += [
+                Finding(f"required field {path} is empty", code="101", location=location(path))
+                for path in hl7.expand(pattern)
+                if not hl7.get(path)
+            ]
         return findings
 
 

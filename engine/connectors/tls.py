@@ -84,5 +84,8 @@ def subject_allowed(subject: str, allowed: list[str]) -> bool:
 def check_files(config: TlsServerConfig | TlsClientConfig, context: BuildContext) -> list[str]:
     """Missing PEM files, named, so `passerelle check`-time errors are precise."""
     names = [n for n in ("cert", "key", "client_ca", "ca") if getattr(config, n, "")]
-    return [f"{n}: file {context.path(getattr(config, n))} does not exist"
-            for n in names if not Path(context.path(getattr(config, n))).is_file()]
+    return [
+        f"{n}: file {context.path(getattr(config, n))} does not exist"
+        for n in names
+        if not Path(context.path(getattr(config, n))).is_file()
+    ]

@@ -13,5 +13,9 @@ def open_store(config: StoreConfig, root: Path) -> Store:
     from engine.store.sqlite import SqliteStore
 
     path = Path(config.path)
-    return SqliteStore(path if path.is_absolute() else root / path, config.synchronous, config.max_batch,
-                       config.max_size_mb * 1024 * 1024)
+    return SqliteStore(
+        path if path.is_absolute() else root / path,
+        config.synchronous,
+        config.max_batch,
+        config.max_size_mb * 1024 * 1024,
+    )

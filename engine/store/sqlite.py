@@ -11,6 +11,7 @@ so the event loop keeps serving connections meanwhile. Reads use their own conne
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import sqlite3
 import threading
@@ -52,7 +53,9 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 
 class SqliteStore(Store):
-    def __init__(self, path: Path, synchronous: str = "full", max_batch: int = 512, max_bytes: int = 0) -> None:
+    def __init__(
+        self, path: Path, synchronous: str = "full", max_batch: int = 512, max_bytes: int = 0
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.synchronous = synchronous
@@ -69,7 +72,9 @@ class SqliteStore(Store):
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = await asyncio.to_thread(self._open_writer)
-        self._writer = threading.Thread(target=self._write_loop, args=(conn,), name="store-writer", daemon=True)
+        self._writer = threading.Thread(
+            target=self._write_loop, args=(conn,), name="store-writer", daemon=True
+        )
         self._writer.start()
 
     def _open_writer(self) -> sqlite3.Connection:
@@ -189,17 +194,21 @@ class SqliteStore(Store):
         await self._write(lambda conn: update_delivery_op(conn, update))
 
     async def unprocessed(self, channel: str, after_id: int, limit: int) -> list[StoredMessage]:
-        sql = (f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel=? AND status='received' AND id>?"
-               " ORDER BY id LIMIT ?")
+        sql = (
+            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel=? AND status='received' AND id>?"
+            " ORDER BY id LIMIT ?"
+        )
         rows = await self._read(lambda c: c.execute(sql, (channel, after_id, limit)).fetchall())
         return [StoredMessage(*row) for row in rows]
 
     async def open_deliveries(
         self, channel: str, destination: str, after_id: int, limit: int
     ) -> list[PendingDelivery]:
-        sql = ("SELECT id, message_id, destination, status, order_key, attempts, created_at, next_attempt_at"
-               " FROM deliveries WHERE channel=? AND destination=? AND status IN ('queued','retrying')"
-               " AND id>? ORDER BY id LIMIT ?")
+        sql = (
+            "SELECT id, message_id, destination, status, order_key, attempts, created_at, next_attempt_at"
+            " FROM deliveries WHERE channel=? AND destination=? AND status IN ('queued','retrying')"
+            " AND id>? ORDER BY id LIMIT ?"
+        )
         rows = await self._read(lambda c: c.execute(sql, (channel, destination, after_id, limit)).fetchall())
         return [PendingDelivery(*row) for row in rows]
 
@@ -225,17 +234,25 @@ def intake_op(conn: sqlite3.Connection, r: IntakeRecord) -> IntakeResult:
     dedup_key = r.dedup_key
     if dedup_key is not None:
         existing = conn.execute(
-            "SELECT id, content_hash, status, ack_code, findings FROM messages WHERE channel=? AND dedup_key=?",
+            "SELECT id, content_hash, status, ack_code, findings FROM messages"
+            " WHERE channel=? AND dedup_key=?",
             (r.channel, dedup_key),
         ).fetchone()
         if existing is not None:
             same = existing[1] == r.content_hash
-            return IntakeResult(existing[0], duplicate=same, conflict=not same, status=existing[2],
-                                ack_code=existing[3], findings=existing[4])
+            return IntakeResult(
+                existing[0],
+                duplicate=same,
+                conflict=not same,
+                status=existing[2],
+                ack_code=existing[3],
+                findings=existing[4],
+            )
     message_id = insert_message(conn, r, dedup_key)
     delivery_ids = insert_deliveries(conn, message_id, r.channel, r.deliveries, r.received_at)
-    return IntakeResult(message_id, status=r.status, ack_code=r.ack_code, findings=r.findings,
-                        delivery_ids=delivery_ids)
+    return IntakeResult(
+        message_id, status=r.status, ack_code=r.ack_code, findings=r.findings, delivery_ids=delivery_ids
+    )
 
 
 def insert_message(conn: sqlite3.Connection, r: IntakeRecord, dedup_key: str | None) -> int:
@@ -243,13 +260,33 @@ def insert_message(conn: sqlite3.Connection, r: IntakeRecord, dedup_key: str | N
         "INSERT INTO messages (channel, channel_version, received_at, updated_at, content_type, source_type,"
         " peer, tls_subject, filename, control_id, sender, dedup_key, content_hash, status, ack_code,"
         " findings, raw, transformed, response) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        (r.channel, r.channel_version, r.received_at, r.received_at, r.content_type, r.source_type, r.peer,
-         r.tls_subject, r.filename, r.control_id, r.sender, dedup_key, r.content_hash, r.status, r.ack_code,
-         r.findings, r.raw, r.transformed, r.response),
+        (
+            r.channel,
+            r.channel_version,
+            r.received_at,
+            r.received_at,
+            r.content_type,
+            r.source_type,
+            r.peer,
+            r.tls_subject,
+            r.filename,
+            r.control_id,
+            r.sender,
+            dedup_key,
+            r.content_hash,
+            r.status,
+            r.ack_code,
+            r.findings,
+            r.raw,
+            r.transformed,
+            r.response,
+        ),
     )
     message_id = int(cur.lastrowid or 0)
-    conn.execute("INSERT INTO events (message_id, at, status, detail) VALUES (?,?,?,?)",
-                 (message_id, r.received_at, r.status, r.ack_code))
+    conn.execute(
+        "INSERT INTO events (message_id, at, status, detail) VALUES (?,?,?,?)",
+        (message_id, r.received_at, r.status, r.ack_code),
+    )
     return message_id
 
 
@@ -259,8 +296,8 @@ def insert_deliveries(
     ids = []
     for d in deliveries:
         cur = conn.execute(
-            "INSERT INTO deliveries (message_id, channel, destination, status, order_key, attempts, created_at,"
-            " next_attempt_at, updated_at) VALUES (?,?,?,'queued',?,0,?,?,?)",
+            "INSERT INTO deliveries (message_id, channel, destination, status, order_key, attempts,"
+            " created_at, next_attempt_at, updated_at) VALUES (?,?,?,'queued',?,0,?,?,?)",
             (message_id, channel, d.destination, d.order_key, now, now, now),
         )
         ids.append(int(cur.lastrowid or 0))
@@ -274,8 +311,10 @@ def processed_op(conn: sqlite3.Connection, r: ProcessedRecord) -> tuple[int, ...
         " WHERE id=? AND status='received'",
         (r.status, r.findings, r.transformed, now, r.message_id),
     )
-    conn.execute("INSERT INTO events (message_id, at, status, detail) VALUES (?,?,?,?)",
-                 (r.message_id, now, r.status, r.detail))
+    conn.execute(
+        "INSERT INTO events (message_id, at, status, detail) VALUES (?,?,?,?)",
+        (r.message_id, now, r.status, r.detail),
+    )
     channel = conn.execute("SELECT channel FROM messages WHERE id=?", (r.message_id,)).fetchone()[0]
     return insert_deliveries(conn, r.message_id, channel, r.deliveries, now)
 
@@ -287,8 +326,10 @@ def update_delivery_op(conn: sqlite3.Connection, u: DeliveryUpdate) -> None:
         " response=coalesce(?, response) WHERE id=?",
         (u.status, u.attempts, u.next_attempt_at, now, u.error or None, u.response, u.delivery_id),
     )
-    conn.execute("INSERT INTO events (message_id, at, status, destination, detail) VALUES (?,?,?,?,?)",
-                 (u.message_id, now, u.status, u.destination, u.error or None))
+    conn.execute(
+        "INSERT INTO events (message_id, at, status, destination, detail) VALUES (?,?,?,?,?)",
+        (u.message_id, now, u.status, u.destination, u.error or None),
+    )
     if u.status not in OPEN_DELIVERY_STATUSES:
         settle_message(conn, u.message_id, now)
 
@@ -300,8 +341,9 @@ def settle_message(conn: sqlite3.Connection, message_id: int, now: float) -> Non
     if statuses & OPEN_DELIVERY_STATUSES:
         return
     final = "sent" if statuses <= {"sent"} else "errored"
-    cur = conn.execute("UPDATE messages SET status=?, updated_at=? WHERE id=? AND status='queued'",
-                       (final, now, message_id))
+    cur = conn.execute(
+        "UPDATE messages SET status=?, updated_at=? WHERE id=? AND status='queued'", (final, now, message_id)
+    )
     if cur.rowcount:
         conn.execute("INSERT INTO events (message_id, at, status) VALUES (?,?,?)", (message_id, now, final))
 
@@ -326,10 +368,8 @@ def stats_query(conn: sqlite3.Connection) -> dict[str, Any]:
 
 
 def rollback(conn: sqlite3.Connection) -> None:
-    try:
+    with contextlib.suppress(sqlite3.Error):  # no transaction was open: nothing to undo
         conn.execute("ROLLBACK")
-    except sqlite3.Error:
-        pass  # no transaction was open: nothing to undo
 
 
 def resolve_all(batch: list[_Job], results: list[Any]) -> None:
@@ -355,7 +395,5 @@ def _set_results(pairs: list[tuple[asyncio.Future[Any], Any]]) -> None:
 
 
 def call_soon(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *args: Any) -> None:
-    try:
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody is waiting any more
         loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:
-        pass  # the loop is closed: nobody is waiting any more

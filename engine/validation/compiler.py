@@ -25,6 +25,8 @@ from pathlib import Path
 
 from lxml import etree
 
+from engine.validation.findings import RuleSetError
+
 SCH = "http://purl.oclc.org/dsdl/schematron"
 XSL = "http://www.w3.org/1999/XSL/Transform"
 PSV = "urn:passerelle:schematron"
@@ -33,7 +35,7 @@ X = f"{{{XSL}}}"
 XSLT2_BINDINGS = {"xslt2", "xslt3", "xpath2", "xpath3", "xpath31"}
 
 
-class CompileError(Exception):
+class CompileError(RuleSetError):
     """The rule set cannot be compiled (unreadable include, unknown abstract rule, ...)."""
 
 
@@ -77,6 +79,7 @@ def load_schema(path: Path, files: list[Path]) -> etree._Element:
 
 # ---------------------------------------------------------------- include
 
+
 def _is_sch_or_xsl(el: etree._Element) -> bool:
     tag = el.tag if isinstance(el.tag, str) else ""
     return tag.startswith(S) or tag in (f"{X}function", f"{X}key")
@@ -92,12 +95,12 @@ def _fragments(href: str, base: Path, files: list[Path]) -> list[etree._Element]
     _resolve_includes(root, target, files)
     if frag:
         found = root.xpath("//*[@id=$i]", i=frag)
-        if not found:
+        if not isinstance(found, list) or not found:
             raise CompileError(f"{href}: no element with id {frag}")
         return [found[0]]
-    if root.tag == f"{S}schema":
-        return [c for c in root if isinstance(c.tag, str) and _is_sch_or_xsl(c)]
-    return [root] if _is_sch_or_xsl(root) else [c for c in root if isinstance(c.tag, str) and _is_sch_or_xsl(c)]
+    if root.tag != f"{S}schema" and _is_sch_or_xsl(root):
+        return [root]
+    return [c for c in root if isinstance(c.tag, str) and _is_sch_or_xsl(c)]
 
 
 def _resolve_includes(root: etree._Element, base: Path, files: list[Path]) -> None:
@@ -118,9 +121,12 @@ def _resolve_includes(root: etree._Element, base: Path, files: list[Path]) -> No
 
 # ---------------------------------------------------------------- abstract patterns and rules
 
+
 def _substitute(text: str, params: dict[str, str]) -> str:
     for name in sorted(params, key=len, reverse=True):
-        text = re.sub(r"\$" + re.escape(name) + r"(?![\w.\-])", lambda _m, n=name: params[n], text)
+        # A plain-text replacement (no regex escapes in the value): $name not followed by a name char.
+        pieces = re.split(r"\$" + re.escape(name) + r"(?![\w.\-])", text)
+        text = params[name].join(pieces)
     return text
 
 
@@ -213,7 +219,7 @@ class _Generator:
         self.out = self._stylesheet()
 
     def _active_patterns(self, phase: str | None) -> list[etree._Element]:
-        patterns = self.schema.findall(f"{S}pattern")
+        patterns: list[etree._Element] = list(self.schema.findall(f"{S}pattern"))
         chosen = phase or self.schema.get("defaultPhase") or "#ALL"
         if chosen == "#ALL":
             return patterns
@@ -269,7 +275,7 @@ class _Generator:
         self._location_template()
         if self.saxon:
             self._doc_function()
-        return etree.tostring(self.out, encoding="unicode")
+        return str(etree.tostring(self.out, encoding="unicode"))
 
     def _let(self, parent: etree._Element, let: etree._Element, kind: str) -> None:
         var = etree.SubElement(parent, f"{X}{kind}", name=let.get("name", ""))
@@ -295,13 +301,14 @@ class _Generator:
         rules = pattern.findall(f"{S}rule")
         for position, rule in enumerate(rules):
             priority = str(1000 + len(rules) - position)
-            template = etree.SubElement(
-                self.out, f"{X}template", match=self.xp(rule.get("context")), priority=priority, mode=f"M{index}"
-            )
+            match = self.xp(rule.get("context"))
+            template = etree.SubElement(self.out, f"{X}template", match=match, priority=priority)
+            template.set("mode", f"M{index}")
             self._rule_body(template, pattern, rule)
             if not self.saxon:
                 etree.SubElement(template, f"{X}apply-templates", select=self._children(), mode=f"M{index}")
-        fallback = etree.SubElement(self.out, f"{X}template", match="@*|node()", priority="-2", mode=f"M{index}")
+        fallback = etree.SubElement(self.out, f"{X}template", match="@*|node()", priority="-2")
+        fallback.set("mode", f"M{index}")
         if not self.saxon:
             etree.SubElement(fallback, f"{X}apply-templates", select=self._children(), mode=f"M{index}")
 
@@ -316,18 +323,22 @@ class _Generator:
             elif child.tag in (f"{S}assert", f"{S}report"):
                 self._check(template, pattern, rule, child)
 
-    def _check(self, parent: etree._Element, pattern: etree._Element, rule: etree._Element, el: etree._Element) -> None:
+    def _check(
+        self, parent: etree._Element, pattern: etree._Element, rule: etree._Element, el: etree._Element
+    ) -> None:
         kind = "assert" if el.tag == f"{S}assert" else "report"
         index = len(self.assertions)
-        self.assertions.append(Assertion(
-            id=el.get("id") or f"{pattern.get('id', 'pattern')}-{index}",
-            kind=kind,
-            role=el.get("role") or "",
-            flag=el.get("flag") or "",
-            test=" ".join((el.get("test") or "").split()),
-            pattern=pattern.get("id") or "",
-            rule=rule.get("id") or rule.get("context") or "",
-        ))
+        self.assertions.append(
+            Assertion(
+                id=el.get("id") or f"{pattern.get('id', 'pattern')}-{index}",
+                kind=kind,
+                role=el.get("role") or "",
+                flag=el.get("flag") or "",
+                test=" ".join((el.get("test") or "").split()),
+                pattern=pattern.get("id") or "",
+                rule=rule.get("id") or rule.get("context") or "",
+            )
+        )
         if kind == "assert":
             choose = etree.SubElement(parent, f"{X}choose")
             etree.SubElement(choose, f"{X}when", test=self.xp(el.get("test")))
@@ -367,9 +378,14 @@ class _Generator:
         self._prefix(each)
         etree.SubElement(each, f"{X}value-of", select="local-name()")
         etree.SubElement(each, f"{X}text").text = "["
-        etree.SubElement(each, f"{X}value-of", select=(
-            "1 + count(preceding-sibling::*[local-name() = local-name(current())"
-            " and namespace-uri() = namespace-uri(current())])"))
+        etree.SubElement(
+            each,
+            f"{X}value-of",
+            select=(
+                "1 + count(preceding-sibling::*[local-name() = local-name(current())"
+                " and namespace-uri() = namespace-uri(current())])"
+            ),
+        )
         etree.SubElement(each, f"{X}text").text = "]"
         attr = etree.SubElement(template, f"{X}if", test="count(. | ../@*) = count(../@*)")
         etree.SubElement(attr, f"{X}text").text = "/@"
@@ -396,6 +412,9 @@ class _Generator:
             if arity == 2:
                 etree.SubElement(fn, f"{X}param", name="base")
                 etree.SubElement(fn, f"{X}sequence", select="document($href, $base)")
+                continue
+            if not self.vocabularies:
+                etree.SubElement(fn, f"{X}sequence", select="document($href)")
                 continue
             choose = etree.SubElement(fn, f"{X}choose")
             for number, name in enumerate(sorted(self.vocabularies)):

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from engine.errors import Finding
+from engine.errors import Finding, PasserelleError
 
 _SEVERITY = {"fatal": "E", "error": "E", "warning": "W", "warn": "W", "info": "I", "information": "I"}
+
+
+class RuleSetError(PasserelleError):
+    """A rule set or schema cannot be compiled or run: a defect of the rules, not of the document."""
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ from lxml import etree
 
 from engine.formats.cda import header, is_cda
 from engine.validation.cache import CompiledCache, content_key
-from engine.validation.findings import Issue
-from engine.validation.runner import RuleSetError, Validator, build
+from engine.validation.findings import Issue, RuleSetError
+from engine.validation.runner import Validator, build
 from engine.validation.xsd import xsd_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -79,7 +79,13 @@ class Registry:
         path = self.root / "schematron" / "index.yaml"
         data: dict[str, Any] = yaml.safe_load(path.read_text("utf-8")) if path.is_file() else {}
         sets = {
-            name: RuleSet(name, self.root / spec["file"], spec.get("processor"), spec.get("phase"), spec.get("xsd"))
+            name: RuleSet(
+                name,
+                (self.root / spec["file"]).resolve(),
+                spec.get("processor"),
+                spec.get("phase"),
+                spec.get("xsd"),
+            )
             for name, spec in (data.get("rule_sets") or {}).items()
         }
         return sets, list(data.get("select") or [])

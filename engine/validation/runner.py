@@ -13,25 +13,20 @@ from typing import Any, Protocol
 from lxml import etree
 
 from engine.validation.compiler import PSV, Assertion, Compiled
-from engine.validation.findings import Issue, severity_of
+from engine.validation.findings import Issue, RuleSetError, severity_of
 
 _lock = threading.Lock()
-_processor: Any = None
-
-
-class RuleSetError(Exception):
-    """A rule set failed to compile or to run (a defect of the rule set, not of the document)."""
+_processor: list[Any] = []  # the one PySaxonProcessor of this process, once created
 
 
 def saxon() -> Any:
     """The process-wide Saxon processor."""
-    global _processor
     with _lock:
-        if _processor is None:
+        if not _processor:
             from saxonche import PySaxonProcessor
 
-            _processor = PySaxonProcessor(license=False)
-        return _processor
+            _processor.append(PySaxonProcessor(license=False))
+        return _processor[0]
 
 
 class Validator(Protocol):

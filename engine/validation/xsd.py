@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lxml import etree
 
+from engine.formats.cda import location
 from engine.validation.findings import Issue
 
 SCHEMAS = {
@@ -32,9 +33,24 @@ class XsdValidator:
         if self.schema.validate(tree):
             return []
         return [
-            Issue("E", "xsd", e.path or "", f"line {e.line}: {_plain(e.message)}", e.line, f"xsd:{self.name}")
+            Issue(
+                "E",
+                "xsd",
+                _where(tree, e.path),
+                f"line {e.line}: {_plain(e.message)}",
+                e.line,
+                f"xsd:{self.name}",
+            )
             for e in self.schema.error_log
         ]
+
+
+def _where(tree: etree._ElementTree, path: str | None) -> str:
+    """libxml2's positional path (`/*/*[14]`) made readable (`/cda:ClinicalDocument[1]/...`)."""
+    found = tree.xpath(path) if path else []
+    if isinstance(found, list) and found and isinstance(found[0], etree._Element):
+        return location(found[0])
+    return path or ""
 
 
 def _plain(message: str) -> str:

@@ -25,13 +25,31 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     await backend.close()
 
 
-def record(control_id: str = "C1", raw: bytes = b"MSH|^~\\&|LAB|A|||x||ORU^R01|C1|P|2.5\r", status: str = "queued",
-           deliveries: list[NewDelivery] | None = None, sender: str = "LAB|A") -> IntakeRecord:
+def record(
+    control_id: str = "C1",
+    raw: bytes = b"MSH|^~\\&|LAB|A|||x||ORU^R01|C1|P|2.5\r",
+    status: str = "queued",
+    deliveries: list[NewDelivery] | None = None,
+    sender: str = "LAB|A",
+) -> IntakeRecord:
     return IntakeRecord(
-        channel="lab", channel_version="v1", received_at=1.0, content_type="application/hl7-v2",
-        source_type="mllp", peer="127.0.0.1:1", tls_subject="", filename="", control_id=control_id,
-        sender=sender, content_hash=raw, status=status, ack_code="AA", findings=None, raw=raw,
-        response=b"ACK", deliveries=deliveries if deliveries is not None else [NewDelivery("archive")],
+        channel="lab",
+        channel_version="v1",
+        received_at=1.0,
+        content_type="application/hl7-v2",
+        source_type="mllp",
+        peer="127.0.0.1:1",
+        tls_subject="",
+        filename="",
+        control_id=control_id,
+        sender=sender,
+        content_hash=raw,
+        status=status,
+        ack_code="AA",
+        findings=None,
+        raw=raw,
+        response=b"ACK",
+        deliveries=deliveries if deliveries is not None else [NewDelivery("archive")],
     )
 
 
@@ -80,7 +98,9 @@ async def test_delivery_outcomes_settle_the_message_status(store: Store) -> None
 async def test_received_message_is_listed_until_processed(store: Store) -> None:
     result = await store.intake(record(status="received", deliveries=[]))
     assert [m.id for m in await store.unprocessed("lab", 0, 10)] == [result.message_id]
-    ids = await store.processed(ProcessedRecord(result.message_id, "queued", None, b"NEW", [NewDelivery("a")]))
+    ids = await store.processed(
+        ProcessedRecord(result.message_id, "queued", None, b"NEW", [NewDelivery("a")])
+    )
     assert len(ids) == 1 and await store.unprocessed("lab", 0, 10) == []
     stored = await store.message(result.message_id)
     assert stored is not None and stored.transformed == b"NEW" and stored.raw == record().raw
@@ -102,8 +122,10 @@ async def test_a_full_store_fails_whole_batches_and_keeps_what_it_committed(tmp_
         outcomes: list[object] = []
         for wave in range(6):  # one batch per wave of 10 concurrent writes
             outcomes += await asyncio.gather(
-                *(store.intake(record(control_id=f"C{wave}-{i}", raw=big + f"{wave}-{i}".encode()))
-                  for i in range(10)),
+                *(
+                    store.intake(record(control_id=f"C{wave}-{i}", raw=big + f"{wave}-{i}".encode()))
+                    for i in range(10)
+                ),
                 return_exceptions=True,
             )
         failed = [o for o in outcomes if isinstance(o, BaseException)]

@@ -55,10 +55,26 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 async def enqueue(store: SqliteStore, queue: DestinationQueue, name: str, key: str = "") -> int:
     raw = name.encode()
-    result = await store.intake(IntakeRecord(
-        "lab", "v1", 1.0, HL7V2, "mllp", "", "", "", name, "S", raw, "queued", "AA", None, raw,
-        deliveries=[NewDelivery(queue.name, key)],
-    ))
+    result = await store.intake(
+        IntakeRecord(
+            "lab",
+            "v1",
+            1.0,
+            HL7V2,
+            "mllp",
+            "",
+            "",
+            "",
+            name,
+            "S",
+            raw,
+            "queued",
+            "AA",
+            None,
+            raw,
+            deliveries=[NewDelivery(queue.name, key)],
+        )
+    )
     message = Message("lab", raw, HL7V2, SourceMeta("mllp"), id=result.message_id, control_id=name)
     queue.offer(result.delivery_ids[0], message, key)
     return result.message_id
@@ -66,7 +82,7 @@ async def enqueue(store: SqliteStore, queue: DestinationQueue, name: str, key: s
 
 def make_queue(store: SqliteStore, peer: Peer, **queue: object) -> DestinationQueue:
     config = QueueConfig.model_validate({**FAST, **queue})
-    return DestinationQueue("lab", "out", peer, config, store, message_loader(store, ""))  # type: ignore[arg-type]
+    return DestinationQueue("lab", "out", peer, config, store, message_loader(store, ""))
 
 
 async def settled(store: SqliteStore, message_id: int) -> str:
@@ -87,8 +103,13 @@ async def test_retryable_errors_are_retried_until_sent(store: SqliteStore) -> No
     assert await settled(store, mid) == "sent"
     assert peer.attempts == ["m1"] * 3
     events = [(e["status"], e["detail"]) for e in await store.events(mid)]
-    assert events == [("queued", "AA"), ("retrying", "peer busy"), ("retrying", "peer busy"),
-                      ("sent", None), ("sent", None)]
+    assert events == [
+        ("queued", "AA"),
+        ("retrying", "peer busy"),
+        ("retrying", "peer busy"),
+        ("sent", None),
+        ("sent", None),
+    ]
     await queue.stop(1)
 
 
@@ -99,7 +120,9 @@ async def test_exhausted_retries_dead_letter_the_delivery(store: SqliteStore) ->
     mid = await enqueue(store, queue, "m1")
     assert await settled(store, mid) == "errored"
     events = await store.events(mid)
-    assert events[-2]["status"] == "dead" and "3 attempts failed; last error: peer busy" in events[-2]["detail"]
+    assert (
+        events[-2]["status"] == "dead" and "3 attempts failed; last error: peer busy" in events[-2]["detail"]
+    )
     await queue.stop(1)
 
 
@@ -118,8 +141,10 @@ async def test_one_keys_messages_never_overtake_each_other(store: SqliteStore) -
     peer = Peer({"a1": ["retry", "retry", "ok"]})
     queue = make_queue(store, peer, order_by="PID-3.1", concurrency=4)
     queue.start()
-    ids = [await enqueue(store, queue, name, key) for name, key in
-           [("a1", "A"), ("b1", "B"), ("a2", "A"), ("b2", "B"), ("a3", "A")]]
+    ids = [
+        await enqueue(store, queue, name, key)
+        for name, key in [("a1", "A"), ("b1", "B"), ("a2", "A"), ("b2", "B"), ("a3", "A")]
+    ]
     for mid in ids:
         assert await settled(store, mid) == "sent"
     assert [n for n in peer.sent if n.startswith("a")] == ["a1", "a2", "a3"]

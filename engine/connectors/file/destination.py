@@ -39,8 +39,6 @@ EXAMPLE = {"type": "file", "name": "archive", "directory": "var/out/lab-results"
 
 
 class FileDestination:
-    Config = Config
-
     def __init__(self, config: Config, context: BuildContext) -> None:
         self.config = config
         self.directory = context.path(config.directory)
@@ -56,7 +54,9 @@ class FileDestination:
     def filename(self, message: Message) -> str:
         try:
             name = self.config.filename.format(
-                channel=message.channel, id=message.id or 0, control_id=message.control_id or "none",
+                channel=message.channel,
+                id=message.id or 0,
+                control_id=message.control_id or "none",
                 ext=EXTENSIONS.get(message.content_type, "bin"),
             )
         except (KeyError, IndexError, ValueError) as err:
@@ -82,7 +82,7 @@ def write_synced(path: Path, content: bytes, mode: int, fsync: bool) -> None:
     try:
         view = memoryview(content)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         if fsync:
             os.fsync(fd)
     finally:

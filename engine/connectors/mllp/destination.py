@@ -40,13 +40,16 @@ class Config(ComponentConfig):
     """Largest ACK accepted from the receiver."""
 
 
-EXAMPLE = {"type": "mllp", "name": "ris", "host": "ris.hospital.example", "port": 2575,
-           "tls": {"ca": "config/tls/hospital-ca.pem"}}
+EXAMPLE = {
+    "type": "mllp",
+    "name": "ris",
+    "host": "ris.hospital.example",
+    "port": 2575,
+    "tls": {"ca": "config/tls/hospital-ca.pem"},
+}
 
 
 class MllpDestination:
-    Config = Config
-
     def __init__(self, config: Config, context: BuildContext) -> None:
         self.config = config
         self.where = f"{config.host}:{config.port}"
@@ -81,7 +84,9 @@ class MllpDestination:
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 return await asyncio.open_connection(
-                    self.config.host, self.config.port, ssl=self.ssl,
+                    self.config.host,
+                    self.config.port,
+                    ssl=self.ssl,
                     server_hostname=(self.config.tls.server_name or None) if self.config.tls else None,
                 )
         except (OSError, TimeoutError, ssl.SSLError) as err:

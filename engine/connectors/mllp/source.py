@@ -58,9 +58,18 @@ class Config(ComponentConfig):
     """Processing ids (MSH-11) accepted; others are answered AR with error 202."""
 
 
-EXAMPLE = {"type": "mllp", "host": "0.0.0.0", "port": 2575, "charset": "8859/1",
-           "tls": {"cert": "config/tls/server.pem", "key": "config/tls/server.key",
-                   "client_ca": "config/tls/labs-ca.pem", "allowed_subjects": ["CN=lis.lab-a.example"]}}
+EXAMPLE = {
+    "type": "mllp",
+    "host": "0.0.0.0",
+    "port": 2575,
+    "charset": "8859/1",
+    "tls": {
+        "cert": "config/tls/server.pem",
+        "key": "config/tls/server.key",
+        "client_ca": "config/tls/labs-ca.pem",
+        "allowed_subjects": ["CN=lis.lab-a.example"],
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -70,8 +79,6 @@ class Connection:
 
 
 class MllpSource:
-    Config = Config
-
     def __init__(self, config: Config, context: BuildContext) -> None:
         self.config = config
         self.channel = context.channel
@@ -84,12 +91,21 @@ class MllpSource:
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
         self.server = await asyncio.start_server(
-            self._serve, self.config.host, self.config.port, ssl=self.ssl, limit=2**16,
+            self._serve,
+            self.config.host,
+            self.config.port,
+            ssl=self.ssl,
+            limit=2**16,
             ssl_handshake_timeout=30.0 if self.ssl else None,
         )
         self.port = self.server.sockets[0].getsockname()[1]
-        log.info("mllp_listening", channel=self.channel, host=self.config.host, port=self.port,
-                 tls=self.ssl is not None)
+        log.info(
+            "mllp_listening",
+            channel=self.channel,
+            host=self.config.host,
+            port=self.port,
+            tls=self.ssl is not None,
+        )
 
     async def stop(self) -> None:
         """Stop accepting; let each connection finish the frame it is handling, then close it."""
@@ -170,7 +186,9 @@ class MllpSource:
         except ParseError as err:
             log.warning("mllp_unreadable", channel=self.channel, peer=conn.meta.peer)
             with contextlib.suppress(StoreError):
-                await self._store_problem(payload, conn.meta, Finding(f"{err}; no ACK is possible", code="100"))
+                await self._store_problem(
+                    payload, conn.meta, Finding(f"{err}; no ACK is possible", code="100")
+                )
             return False
         intake = self._intake(payload, header, conn.meta)
         try:
@@ -178,26 +196,52 @@ class MllpSource:
             receipt = await self._deliver(intake)
         except StoreError:
             log.error("mllp_store_failed", channel=self.channel, peer=conn.meta.peer)
-            await self._write(conn, store_failure_ack(header))
+            await self._write(conn, failure_ack(header, STORE_FAILURE))
+            return True
+        except Exception as err:  # a bug behind deliver: answer AR so the sender keeps the message
+            log.error("mllp_intake_bug", channel=self.channel, peer=conn.meta.peer, error=type(err).__name__)
+            await self._write(conn, failure_ack(header, INTERNAL_FAILURE))
             return True
         await self._answer(conn, header, receipt, intake)
         return True
 
     def _intake(self, payload: bytes, header: Header, meta: SourceMeta) -> Intake:
         problem, codec = self._envelope_problem(payload, header)
-        return Intake(payload, meta, HL7V2, control_id=header.control_id, sender=header.sender, charset=codec,
-                      problem=problem, respond=responder(header, codec, problem is not None))
+        return Intake(
+            payload,
+            meta,
+            HL7V2,
+            control_id=header.control_id,
+            sender=header.sender,
+            charset=codec,
+            problem=problem,
+            respond=self.responder(payload, header, codec, problem is not None),
+        )
+
+    def responder(
+        self, payload: bytes, header: Header, codec: str, problem: bool
+    ) -> Callable[[Verdict], bytes]:
+        """How the first answer to this message is rendered. Subclasses answering queries
+        (PIX/PDQ) override this to return their response instead of an ACK."""
+        return ack_responder(header, codec, problem)
 
     def _envelope_problem(self, payload: bytes, header: Header) -> tuple[Finding | None, str]:
         """What makes a message unacceptable before any step runs, and the codec to read it with."""
         if not header.control_id:
             return Finding("MSH-10 (message control id) is empty", code="101", location="MSH^1^10"), "latin-1"
         if header.version not in self.config.versions:
-            return Finding(f'HL7 version "{header.version}" is not accepted here (accepted: '
-                           f'{", ".join(self.config.versions)})', code="203", location="MSH^1^12"), "latin-1"
+            return Finding(
+                f'HL7 version "{header.version}" is not accepted here (accepted: '
+                f"{', '.join(self.config.versions)})",
+                code="203",
+                location="MSH^1^12",
+            ), "latin-1"
         if header.processing_id not in self.config.processing_ids:
-            return Finding(f'processing id "{header.processing_id}" is not accepted here',
-                           code="202", location="MSH^1^11"), "latin-1"
+            return Finding(
+                f'processing id "{header.processing_id}" is not accepted here',
+                code="202",
+                location="MSH^1^11",
+            ), "latin-1"
         try:
             codec = codec_for(header.charset, self.config.charset)
             payload.decode(codec)
@@ -223,7 +267,7 @@ class MllpSource:
         await conn.writer.drain()
 
 
-def responder(header: Header, codec: str, envelope_problem: bool) -> Callable[[Verdict], bytes]:
+def ack_responder(header: Header, codec: str, envelope_problem: bool) -> Callable[[Verdict], bytes]:
     """How this message's first answer is rendered (stored with the message in the same commit)."""
 
     def respond(verdict: Verdict) -> bytes:
@@ -236,9 +280,13 @@ def responder(header: Header, codec: str, envelope_problem: bool) -> Callable[[V
     return respond
 
 
-def store_failure_ack(header: Header) -> bytes:
-    finding = Finding("the message could not be stored (receiver storage failure); resend it unchanged",
-                      code="207")
+STORE_FAILURE = Finding(
+    "the message could not be stored (receiver storage failure); resend it unchanged", code="207"
+)
+INTERNAL_FAILURE = Finding("internal error while accepting the message; resend it unchanged", code="207")
+
+
+def failure_ack(header: Header, finding: Finding) -> bytes:
     return build_ack(header, "CR" if header.enhanced else "AR", (finding,), codec="latin-1")
 
 
@@ -251,8 +299,10 @@ def decode_problem(payload: bytes, header: Header, err: Exception) -> str:
     if isinstance(err, UnicodeDecodeError):
         segment = payload[: err.start].count(b"\r") + 1
         declared = header.charset or "the configured default"
-        return (f"byte 0x{payload[err.start]:02X} at offset {err.start} (segment {segment}) is not valid in "
-                f"{declared} ({err.encoding})")
+        return (
+            f"byte 0x{payload[err.start]:02X} at offset {err.start} (segment {segment}) is not valid in "
+            f"{declared} ({err.encoding})"
+        )
     return str(err)
 
 
