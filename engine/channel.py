@@ -17,7 +17,7 @@ import structlog
 from engine.config import ChannelSpec
 from engine.contracts import Intake, Receipt, Source, Step, Verdict
 from engine.dispatch import DestinationQueue, LoadMessage
-from engine.errors import Filtered, Finding, ParseError, Rejected
+from engine.errors import Filtered, Finding, ParseError, Rejected, StoreError
 from engine.feed import Feed
 from engine.message import HL7V2, Message, SourceMeta
 from engine.store.base import (
@@ -36,6 +36,7 @@ log = structlog.get_logger("passerelle.channel")
 RECEIVED = Verdict("AA", "received")
 PIPELINE_WORKERS = 64  # concurrent step runs awaiting their commit: they share group commits
 PIPELINE_MEMORY = 10_000
+STORE_RETRY_SECONDS = 1.0
 
 
 class Channel:
@@ -201,28 +202,34 @@ class Channel:
             log.error("step_bug", channel=self.name, error=type(err).__name__)
             text = f"internal error in a step ({type(err).__name__}); the message is kept for reprocessing"
             return Verdict("AR", "rejected", (Finding(text, code="207"),)), []
+        finally:
+            message.forget_parse()  # queued messages keep their bytes, not the parsed view
         deliveries = [NewDelivery(q.name, order_key(message, q.config.order_by)) for q in self.queues]
-        return Verdict("AA", "queued", tuple(message.findings)), deliveries
+        status = "queued" if deliveries else "sent"  # no destination: processing is the whole job
+        return Verdict("AA", status, tuple(message.findings)), deliveries
 
     async def _pipeline_worker(self) -> None:
         while (message := await self.pipeline.get()) is not None:
-            verdict, deliveries = self.process(message)
-            assert message.id is not None
-            ids = await self.store.processed(
-                ProcessedRecord(
-                    message.id,
-                    verdict.status,
-                    findings_to_json(verdict.findings),
-                    message.content() if message.transformed() else None,
-                    deliveries,
-                    verdict.code,
-                )
-            )
-            self.pipeline.done(message.id)
-            self._offer(message, ids)
-            waiter = self._waiters.pop(message.id, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(verdict)
+            try:
+                await self._run_pipeline(message)
+            except StoreError:
+                # The message stays `received` in the store; try again later, never drop it.
+                log.error("pipeline_store_failed", channel=self.name, message=message.id)
+                await asyncio.sleep(STORE_RETRY_SECONDS)
+                self.pipeline.push_urgent(message)
+
+    async def _run_pipeline(self, message: Message) -> None:
+        verdict, deliveries = self.process(message)
+        assert message.id is not None
+        transformed = message.content() if message.transformed() else None
+        record = ProcessedRecord(message.id, self.name, verdict.status, findings_to_json(verdict.findings),
+                                 transformed, deliveries, verdict.code)
+        ids = await self.store.processed(record)
+        self.pipeline.done(message.id)
+        self._offer(message, ids)
+        waiter = self._waiters.pop(message.id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(verdict)
 
     async def _reload_unprocessed(self, after_id: int, limit: int) -> list[tuple[int, Message]]:
         rows = await self.store.unprocessed(self.name, after_id, limit)

@@ -23,7 +23,7 @@ import structlog
 
 from engine.config import QueueConfig
 from engine.contracts import Destination
-from engine.errors import PermanentError, RetryableError
+from engine.errors import PermanentError, RetryableError, StoreError
 from engine.feed import Feed
 from engine.message import Message
 from engine.store.base import DeliveryUpdate, PendingDelivery, Store
@@ -121,7 +121,14 @@ class DestinationQueue:
             if work.next_attempt_at > time.time():
                 self._schedule(work, work.next_attempt_at - time.time())
                 continue
-            await self._attempt(work)
+            try:
+                await self._attempt(work)
+            except StoreError:
+                # The outcome could not be recorded: the delivery is still open in the store, so
+                # it is attempted again (at-least-once; receivers de-duplicate on the control id).
+                log.error("delivery_store_failed", channel=self.channel, destination=self.name,
+                          delivery=work.delivery_id)
+                self._schedule(work, backoff(self.config, max(work.attempts, 1)))
 
     def _may_run(self, work: Work) -> bool:
         """Ordering: only the key's current owner runs; later deliveries wait in line."""
@@ -135,11 +142,10 @@ class DestinationQueue:
         return False
 
     async def _attempt(self, work: Work) -> None:
+        message = work.message = work.message or await self.load_message(work.message_id)
         self.in_flight += 1
         work.attempts += 1
         try:
-            message = work.message or await self.load_message(work.message_id)
-            work.message = message
             response = await self.destination.send(message)
         except RetryableError as err:
             await self._failed(work, str(err))

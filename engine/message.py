@@ -71,6 +71,11 @@ class Message:
             self._hl7.modified = False
         return self.body if self.body is not None else self.raw
 
+    def forget_parse(self) -> None:
+        """Drop the parsed view to keep queued messages small; kept if it holds unrendered changes."""
+        if self._hl7 is not None and not self._hl7.modified:
+            self._hl7 = None
+
     def transformed(self) -> bool:
         """True when the current content differs from what was received."""
         return self.content() != self.raw

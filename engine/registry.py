@@ -15,6 +15,7 @@ SOURCES: dict[str, str] = {
     "mllp": "engine.connectors.mllp.source:MllpSource",
     "sftp": "engine.connectors.sftp.source:SftpSource",
     "amqp": "engine.connectors.amqp.source:AmqpSource",
+    "pix_pdq": "engine.mpi.query_source:PixPdqSource",
 }
 
 STEPS: dict[str, str] = {
@@ -24,6 +25,8 @@ STEPS: dict[str, str] = {
     "validate_hl7": "transforms.validate_hl7:ValidateHl7",
     "validate_schematron": "transforms.validate_schematron:ValidateSchematron",
     "validate_xsd": "transforms.validate_xsd:ValidateXsd",
+    "resolve_patient": "transforms.resolve_patient:ResolvePatient",
+    "mpi_adt": "transforms.mpi_adt:MpiAdt",
 }
 
 DESTINATIONS: dict[str, str] = {

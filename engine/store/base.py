@@ -91,6 +91,7 @@ class ProcessedRecord:
     """The outcome of a `received` message's steps (respond_after: received)."""
 
     message_id: int
+    channel: str
     status: str
     findings: str | None
     transformed: bytes | None

@@ -1,4 +1,11 @@
-"""The SQLite schema. Idempotent: run at every open."""
+"""The SQLite schema. Idempotent: run at every open.
+
+Design for the hot path (measured, see bench/BENCHMARKS.md):
+- payloads live in `contents`, apart from `messages`, so that status updates rewrite a narrow
+  row instead of the whole message with its raw bytes;
+- the history (`events`) and the final status of a message are maintained by triggers, so
+  "every status change adds an event" holds whoever writes, and costs no Python round trip.
+"""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -17,15 +24,20 @@ CREATE TABLE IF NOT EXISTS messages (
     dedup_key       TEXT,
     content_hash    BLOB,
     status          TEXT NOT NULL,
+    intake_status   TEXT NOT NULL DEFAULT '',
     ack_code        TEXT NOT NULL DEFAULT '',
-    findings        TEXT,
-    raw             BLOB NOT NULL,
-    transformed     BLOB,
-    response        BLOB
+    findings        TEXT
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_dedup ON messages (channel, dedup_key)
     WHERE dedup_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_status ON messages (channel, status, id);
+
+CREATE TABLE IF NOT EXISTS contents (
+    message_id  INTEGER PRIMARY KEY REFERENCES messages (id),
+    raw         BLOB NOT NULL,
+    transformed BLOB,
+    response    BLOB
+);
 
 CREATE TABLE IF NOT EXISTS events (
     id          INTEGER PRIMARY KEY,
@@ -52,5 +64,30 @@ CREATE TABLE IF NOT EXISTS deliveries (
     response        BLOB
 );
 CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (channel, destination, status, id);
-CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries (message_id);
+CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries (message_id, status);
+
+-- A message's status change is an event.
+CREATE TRIGGER IF NOT EXISTS message_status_event AFTER UPDATE OF status ON messages
+WHEN NEW.status <> OLD.status
+BEGIN
+    INSERT INTO events (message_id, at, status) VALUES (NEW.id, NEW.updated_at, NEW.status);
+END;
+
+-- Each delivery attempt outcome is an event (status or attempt count changed). When the
+-- last open delivery of a queued message closes, the message then gets its final status:
+-- sent if every delivery was sent, errored otherwise. One trigger, so the order is fixed.
+CREATE TRIGGER IF NOT EXISTS delivery_outcome AFTER UPDATE OF status, attempts ON deliveries
+BEGIN
+    INSERT INTO events (message_id, at, status, destination, detail)
+    VALUES (NEW.message_id, NEW.updated_at, NEW.status, NEW.destination, NEW.last_error);
+    UPDATE messages
+    SET status = CASE WHEN EXISTS (SELECT 1 FROM deliveries
+                                   WHERE message_id = NEW.message_id AND status <> 'sent')
+                      THEN 'errored' ELSE 'sent' END,
+        updated_at = NEW.updated_at
+    WHERE id = NEW.message_id AND status = 'queued'
+      AND NEW.status NOT IN ('queued', 'retrying')
+      AND NOT EXISTS (SELECT 1 FROM deliveries
+                      WHERE message_id = NEW.message_id AND status IN ('queued', 'retrying'));
+END;
 """

@@ -42,6 +42,7 @@ _MESSAGE_COLUMNS = (
     "id, channel, channel_version, received_at, content_type, source_type, peer, tls_subject, filename,"
     " control_id, sender, status, ack_code, findings, raw, transformed, response"
 )
+_MESSAGES_WITH_CONTENT = "messages JOIN contents ON contents.message_id = messages.id"
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -195,8 +196,8 @@ class SqliteStore(Store):
 
     async def unprocessed(self, channel: str, after_id: int, limit: int) -> list[StoredMessage]:
         sql = (
-            f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE channel=? AND status='received' AND id>?"
-            " ORDER BY id LIMIT ?"
+            f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES_WITH_CONTENT}"
+            " WHERE channel=? AND status='received' AND id>? ORDER BY id LIMIT ?"
         )
         rows = await self._read(lambda c: c.execute(sql, (channel, after_id, limit)).fetchall())
         return [StoredMessage(*row) for row in rows]
@@ -213,13 +214,17 @@ class SqliteStore(Store):
         return [PendingDelivery(*row) for row in rows]
 
     async def message(self, message_id: int) -> StoredMessage | None:
-        sql = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE id=?"
+        sql = f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES_WITH_CONTENT} WHERE id=?"
         row = await self._read(lambda c: c.execute(sql, (message_id,)).fetchone())
         return StoredMessage(*row) if row else None
 
     async def events(self, message_id: int) -> list[dict[str, Any]]:
-        sql = "SELECT at, status, destination, detail FROM events WHERE message_id=? ORDER BY id"
-        rows = await self._read(lambda c: c.execute(sql, (message_id,)).fetchall())
+        sql = (
+            "SELECT received_at, intake_status, NULL, ack_code FROM messages WHERE id=? UNION ALL"
+            " SELECT at, status, destination, detail"
+            " FROM (SELECT * FROM events WHERE message_id=? ORDER BY id)"
+        )
+        rows = await self._read(lambda c: c.execute(sql, (message_id, message_id)).fetchall())
         return [{"at": r[0], "status": r[1], "destination": r[2], "detail": r[3]} for r in rows]
 
     async def stats(self) -> dict[str, Any]:
@@ -231,35 +236,17 @@ class SqliteStore(Store):
 
 
 def intake_op(conn: sqlite3.Connection, r: IntakeRecord) -> IntakeResult:
+    """The hot path: the message row, its content row, its deliveries.
+
+    De-duplication costs nothing unless the key exists (INSERT ... ON CONFLICT DO NOTHING).
+    The intake status is kept in the message row (`intake_status`): it is the first event
+    of the message's history, so no event row is written at intake.
+    """
     dedup_key = r.dedup_key
-    if dedup_key is not None:
-        existing = conn.execute(
-            "SELECT id, content_hash, status, ack_code, findings FROM messages"
-            " WHERE channel=? AND dedup_key=?",
-            (r.channel, dedup_key),
-        ).fetchone()
-        if existing is not None:
-            same = existing[1] == r.content_hash
-            return IntakeResult(
-                existing[0],
-                duplicate=same,
-                conflict=not same,
-                status=existing[2],
-                ack_code=existing[3],
-                findings=existing[4],
-            )
-    message_id = insert_message(conn, r, dedup_key)
-    delivery_ids = insert_deliveries(conn, message_id, r.channel, r.deliveries, r.received_at)
-    return IntakeResult(
-        message_id, status=r.status, ack_code=r.ack_code, findings=r.findings, delivery_ids=delivery_ids
-    )
-
-
-def insert_message(conn: sqlite3.Connection, r: IntakeRecord, dedup_key: str | None) -> int:
     cur = conn.execute(
         "INSERT INTO messages (channel, channel_version, received_at, updated_at, content_type, source_type,"
-        " peer, tls_subject, filename, control_id, sender, dedup_key, content_hash, status, ack_code,"
-        " findings, raw, transformed, response) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " peer, tls_subject, filename, control_id, sender, dedup_key, content_hash, status, intake_status,"
+        " ack_code, findings) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
         (
             r.channel,
             r.channel_version,
@@ -275,19 +262,33 @@ def insert_message(conn: sqlite3.Connection, r: IntakeRecord, dedup_key: str | N
             dedup_key,
             r.content_hash,
             r.status,
+            r.status,
             r.ack_code,
             r.findings,
-            r.raw,
-            r.transformed,
-            r.response,
         ),
     )
+    if not cur.rowcount:
+        return existing_message(conn, r, dedup_key)
     message_id = int(cur.lastrowid or 0)
     conn.execute(
-        "INSERT INTO events (message_id, at, status, detail) VALUES (?,?,?,?)",
-        (message_id, r.received_at, r.status, r.ack_code),
+        "INSERT INTO contents (message_id, raw, transformed, response) VALUES (?,?,?,?)",
+        (message_id, r.raw, r.transformed, r.response),
     )
-    return message_id
+    delivery_ids = insert_deliveries(conn, message_id, r.channel, r.deliveries, r.received_at)
+    return IntakeResult(
+        message_id, status=r.status, ack_code=r.ack_code, findings=r.findings, delivery_ids=delivery_ids
+    )
+
+
+def existing_message(conn: sqlite3.Connection, r: IntakeRecord, dedup_key: str | None) -> IntakeResult:
+    row = conn.execute(
+        "SELECT id, content_hash, status, ack_code, findings FROM messages WHERE channel=? AND dedup_key=?",
+        (r.channel, dedup_key),
+    ).fetchone()
+    same = row[1] == r.content_hash
+    return IntakeResult(
+        row[0], duplicate=same, conflict=not same, status=row[2], ack_code=row[3], findings=row[4]
+    )
 
 
 def insert_deliveries(
@@ -305,47 +306,25 @@ def insert_deliveries(
 
 
 def processed_op(conn: sqlite3.Connection, r: ProcessedRecord) -> tuple[int, ...]:
+    """Steps ran on a `received` message: its outcome, new content and deliveries (event by trigger)."""
     now = time.time()
     conn.execute(
-        "UPDATE messages SET status=?, findings=coalesce(?, findings), transformed=?, updated_at=?"
+        "UPDATE messages SET status=?, findings=coalesce(?, findings), updated_at=?"
         " WHERE id=? AND status='received'",
-        (r.status, r.findings, r.transformed, now, r.message_id),
+        (r.status, r.findings, now, r.message_id),
     )
-    conn.execute(
-        "INSERT INTO events (message_id, at, status, detail) VALUES (?,?,?,?)",
-        (r.message_id, now, r.status, r.detail),
-    )
-    channel = conn.execute("SELECT channel FROM messages WHERE id=?", (r.message_id,)).fetchone()[0]
-    return insert_deliveries(conn, r.message_id, channel, r.deliveries, now)
+    if r.transformed is not None:
+        conn.execute("UPDATE contents SET transformed=? WHERE message_id=?", (r.transformed, r.message_id))
+    return insert_deliveries(conn, r.message_id, r.channel, r.deliveries, now)
 
 
 def update_delivery_op(conn: sqlite3.Connection, u: DeliveryUpdate) -> None:
-    now = time.time()
+    """One UPDATE: the event and the message's final status follow by trigger."""
     conn.execute(
         "UPDATE deliveries SET status=?, attempts=?, next_attempt_at=?, updated_at=?, last_error=?,"
         " response=coalesce(?, response) WHERE id=?",
-        (u.status, u.attempts, u.next_attempt_at, now, u.error or None, u.response, u.delivery_id),
+        (u.status, u.attempts, u.next_attempt_at, time.time(), u.error or None, u.response, u.delivery_id),
     )
-    conn.execute(
-        "INSERT INTO events (message_id, at, status, destination, detail) VALUES (?,?,?,?,?)",
-        (u.message_id, now, u.status, u.destination, u.error or None),
-    )
-    if u.status not in OPEN_DELIVERY_STATUSES:
-        settle_message(conn, u.message_id, now)
-
-
-def settle_message(conn: sqlite3.Connection, message_id: int, now: float) -> None:
-    """Give a message its final status once none of its deliveries is open any more."""
-    rows = conn.execute("SELECT status FROM deliveries WHERE message_id=?", (message_id,)).fetchall()
-    statuses = {row[0] for row in rows}
-    if statuses & OPEN_DELIVERY_STATUSES:
-        return
-    final = "sent" if statuses <= {"sent"} else "errored"
-    cur = conn.execute(
-        "UPDATE messages SET status=?, updated_at=? WHERE id=? AND status='queued'", (final, now, message_id)
-    )
-    if cur.rowcount:
-        conn.execute("INSERT INTO events (message_id, at, status) VALUES (?,?,?)", (message_id, now, final))
 
 
 def stats_query(conn: sqlite3.Connection) -> dict[str, Any]:

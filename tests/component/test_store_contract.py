@@ -99,7 +99,7 @@ async def test_received_message_is_listed_until_processed(store: Store) -> None:
     result = await store.intake(record(status="received", deliveries=[]))
     assert [m.id for m in await store.unprocessed("lab", 0, 10)] == [result.message_id]
     ids = await store.processed(
-        ProcessedRecord(result.message_id, "queued", None, b"NEW", [NewDelivery("a")])
+        ProcessedRecord(result.message_id, "lab", "queued", None, b"NEW", [NewDelivery("a")])
     )
     assert len(ids) == 1 and await store.unprocessed("lab", 0, 10) == []
     stored = await store.message(result.message_id)

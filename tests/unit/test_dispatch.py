@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -59,7 +60,7 @@ async def enqueue(store: SqliteStore, queue: DestinationQueue, name: str, key: s
         IntakeRecord(
             "lab",
             "v1",
-            1.0,
+            time.time(),
             HL7V2,
             "mllp",
             "",
@@ -165,6 +166,16 @@ async def test_a_new_queue_resumes_open_deliveries_from_the_store(store: SqliteS
         assert await settled(store, mid) == "sent"
     assert sorted(peer.sent) == [f"m{i}" for i in range(5)]
     await second.stop(1)
+
+
+async def test_deliveries_older_than_max_age_are_dead_lettered(store: SqliteStore) -> None:
+    peer = Peer({"m1": ["retry"] * 5})
+    queue = make_queue(store, peer, max_age=0.05, max_attempts=100)
+    queue.start()
+    mid = await enqueue(store, queue, "m1")
+    assert await settled(store, mid) == "errored"
+    assert "maximum age reached" in (await store.events(mid))[-2]["detail"]
+    await queue.stop(1)
 
 
 def test_backoff_grows_and_is_capped() -> None:

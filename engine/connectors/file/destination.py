@@ -10,6 +10,7 @@ permissions) is retryable: the message waits in its queue until the disk is fixe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -73,7 +74,8 @@ class FileDestination:
             if self.config.fsync:
                 sync_directory(self.directory)
         except OSError as err:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the folder itself may be what is broken
+                temp.unlink(missing_ok=True)
             raise RetryableError(f"cannot write {target}: {err.strerror or err}") from err
 
 

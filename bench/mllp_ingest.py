@@ -1,0 +1,205 @@
+"""MLLP ingest benchmark: 16 connections sending ORU^R01 (12 OBX), each waiting for its ACK.
+
+Targets (issue 12, this 2-core machine, load client included): engine with
+`respond_after: received` >= 12,000 msgs/s and >= 8x the python-hl7 baseline, p99 < 10 ms,
+RSS < 250 MB; with `respond_after: processed` (parse + validate_hl7 + routing) >= 5,000 msgs/s.
+
+Each server runs in its own process; the load client (uvloop, 16 connections) in this one.
+The baseline is python-hl7's own asyncio MLLP server parsing each message and answering its
+`create_ack()`, without storing anything.
+
+    python bench/mllp_ingest.py [--seconds 8] [--runs 3] [--connections 16] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.unit.hl7_samples import ORU_R01_25  # noqa: E402
+
+SB, EB = b"\x0b", b"\x1c\x0d"
+
+RECEIVED = """
+respond_after: received
+source: {{type: mllp, port: {port}}}
+destinations:
+  - {{name: archive, type: file, directory: out, fsync: false}}
+"""
+PROCESSED = """
+respond_after: processed
+source: {{type: mllp, port: {port}}}
+steps:
+  - {{type: filter_message_type, accept: [ORU^R01]}}
+  - {{type: validate_hl7, required_segments: [PID, OBR, OBX], required_fields: [PID-3, OBR-4, "OBX[*]-3"]}}
+destinations:
+  - {{name: archive, type: file, directory: out, fsync: false, queue: {{order_by: PID-3.1}}}}
+"""
+BASELINE = """
+import asyncio, sys, hl7, hl7.mllp
+async def handle(reader, writer):
+    try:
+        while not writer.is_closing():
+            message = await reader.readmessage()
+            writer.writemessage(message.create_ack())
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+async def main():
+    server = await hl7.mllp.start_hl7_server(handle, host="127.0.0.1", port=int(sys.argv[1]), encoding="utf-8")
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+@dataclass
+class Result:
+    server: str
+    msgs_per_s: float
+    p50_ms: float
+    p99_ms: float
+    peak_rss_mb: float
+    errors: int
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start")
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def start_engine(folder: Path, channel: str, port: int) -> subprocess.Popen[bytes]:
+    (folder / "config").mkdir(parents=True)
+    (folder / "channels").mkdir()
+    (folder / "config" / "engine.yaml").write_text("store: {path: var/bench.db}\nlogging: {level: warning}\n")
+    (folder / "channels" / "bench.yaml").write_text(channel.format(port=port))
+    cmd = [sys.executable, str(ROOT / "run_engine.py"), "run", "--config", str(folder / "config" / "engine.yaml")]
+    return subprocess.Popen(cmd, cwd=folder, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def start_baseline(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", BASELINE, str(port)])
+
+
+async def connection(port: int, index: int, stop_at: float, latencies: list[float]) -> int:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    number, errors = 0, 0
+    while time.perf_counter() < stop_at:
+        control = f"B{index}N{number}".encode()
+        payload = ORU_R01_25.replace(b"LAB20250314000123", control).replace(b"P000123456", b"P%d" % index)
+        started = time.perf_counter()
+        writer.write(SB + payload + EB)
+        ack = await reader.readuntil(EB)
+        latencies.append(time.perf_counter() - started)
+        errors += b"|AA|" not in ack and b"MSA|AA" not in ack
+        number += 1
+    writer.close()
+    return errors
+
+
+async def load(port: int, connections: int, seconds: float) -> tuple[int, list[float], int]:
+    latencies: list[float] = []
+    await asyncio.gather(*(connection(port, i, time.perf_counter() + 1.0, []) for i in range(connections)))
+    stop_at = time.perf_counter() + seconds  # after a one-second warm-up on fresh connections
+    errors = await asyncio.gather(*(connection(port, i + 1000, stop_at, latencies) for i in range(connections)))
+    return len(latencies), latencies, sum(errors)
+
+
+def measure(name: str, proc: subprocess.Popen[bytes], port: int, connections: int, seconds: float) -> Result:
+    import uvloop
+
+    try:
+        wait_listening(port, proc)
+        count, latencies, errors = uvloop.run(load(port, connections, seconds))
+        latencies.sort()
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    return Result(name, count / seconds, 1000 * latencies[len(latencies) // 2],
+                  1000 * latencies[int(len(latencies) * 0.99)], rss, errors)
+
+
+def run_once(connections: int, seconds: float) -> list[Result]:
+    results = []
+    port = free_port()
+    results.append(measure("python-hl7 baseline", start_baseline(port), port, connections, seconds))
+    for name, channel in (("engine received", RECEIVED), ("engine processed", PROCESSED)):
+        with tempfile.TemporaryDirectory() as folder:
+            port = free_port()
+            proc = start_engine(Path(folder), channel, port)
+            results.append(measure(name, proc, port, connections, seconds))
+    return results
+
+
+def median_results(runs: list[list[Result]]) -> list[Result]:
+    merged = []
+    for i, first in enumerate(runs[0]):
+        rows = [run[i] for run in runs]
+        merged.append(Result(first.server, *(statistics.median(getattr(r, f) for r in rows)
+                                             for f in ("msgs_per_s", "p50_ms", "p99_ms", "peak_rss_mb")),
+                             errors=sum(r.errors for r in rows)))
+    return merged
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    runs = [run_once(args.connections, args.seconds) for _ in range(args.runs)]
+    results = median_results(runs)
+    if args.json:
+        print(json.dumps([asdict(r) for r in results], indent=2))
+        return
+    baseline = results[0].msgs_per_s
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"median of {args.runs} runs x {args.seconds:g} s, {args.connections} connections")
+    print(f"| server | msgs/s | x baseline | p50 ms | p99 ms | peak RSS MB | errors |\n|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r.server} | {r.msgs_per_s:,.0f} | {r.msgs_per_s / baseline:.1f} | {r.p50_ms:.2f} | "
+              f"{r.p99_ms:.2f} | {r.peak_rss_mb:.0f} | {r.errors} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The destination contract, run over every registered destination against a real peer:
+`send` returns only once the peer took the message; a refusal for good raises
+PermanentError; an unavailable, silent or temporarily refusing peer raises RetryableError.
+Each error names the peer and the reason, since operators read it in the dashboard."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from engine import registry
+from engine.contracts import BuildContext, Destination
+from engine.errors import PermanentError, RetryableError
+from engine.message import HL7V2, Message, SourceMeta
+from tests.component.destination_harnesses import FileDestinationHarness, MllpDestinationHarness
+from tests.unit.hl7_samples import ORU_R01_25
+
+
+class Harness(Protocol):
+    type: str
+
+    async def config(self, scenario: str) -> dict[str, object]: ...
+    async def delivered(self) -> list[bytes]: ...
+    async def stop(self) -> None: ...
+
+
+def harnesses() -> dict[str, type[Any]]:
+    found: dict[str, type[Any]] = {"mllp": MllpDestinationHarness, "file": FileDestinationHarness}
+    try:
+        extra = importlib.import_module("tests.component.destination_harnesses_sftp_amqp")
+    except ModuleNotFoundError:
+        return found
+    for cls in getattr(extra, "HARNESSES", []):
+        found[cls.type] = cls
+    return found
+
+
+HARNESSES = harnesses()
+
+
+@pytest.mark.parametrize("destination_type", registry.all_types("destination"))
+def test_every_destination_has_a_contract_harness(destination_type: str) -> None:
+    assert destination_type in HARNESSES, f"destination {destination_type!r} has no contract harness"
+
+
+@pytest.fixture(params=sorted(HARNESSES))
+async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    h: Harness = HARNESSES[request.param](tmp_path)
+    yield h
+    await h.stop()
+
+
+async def destination(harness: Harness, scenario: str, tmp_path: Path) -> Destination:
+    options = await harness.config(scenario)
+    config = registry.config_model("destination", harness.type).model_validate(options)
+    built: Destination = registry.load("destination", harness.type)(config, BuildContext(tmp_path, "contract"))
+    return built
+
+
+def sample() -> Message:
+    return Message("contract", ORU_R01_25, HL7V2, SourceMeta("test"), id=7, control_id="LAB20250314000123")
+
+
+async def test_accepted_message_has_reached_the_peer_when_send_returns(harness: Harness, tmp_path: Path) -> None:
+    dest = await destination(harness, "accept", tmp_path)
+    try:
+        await dest.send(sample())
+        assert await harness.delivered() == [ORU_R01_25]
+        await dest.send(sample())  # a retried delivery must not fail (idempotent or keep-alive reuse)
+    finally:
+        await dest.close()
+
+
+@pytest.mark.parametrize("scenario", ["unavailable", "retryable", "silent"])
+async def test_temporary_trouble_is_retryable(harness: Harness, tmp_path: Path, scenario: str) -> None:
+    dest = await destination(harness, scenario, tmp_path)
+    try:
+        with pytest.raises(RetryableError) as err:
+            await dest.send(sample())
+        assert str(err.value)
+    finally:
+        await dest.close()
+
+
+async def test_refusal_for_good_is_permanent(harness: Harness, tmp_path: Path) -> None:
+    dest = await destination(harness, "permanent", tmp_path)
+    try:
+        with pytest.raises(PermanentError) as err:
+            await dest.send(sample())
+        assert str(err.value)
+    finally:
+        await dest.close()
