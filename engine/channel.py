@@ -104,7 +104,9 @@ class Channel:
     def _judge(self, intake: Intake, message: Message) -> tuple[Verdict, list[NewDelivery]]:
         if intake.problem is not None:
             return Verdict("AR", "rejected", (intake.problem,)), []
-        if self.spec.respond_after == "processed":
+        if self.spec.respond_after == "processed" or not self.steps:
+            # With no steps there is nothing to defer: the outcome is committed with the
+            # message, in one transaction (the ACK still only says "stored").
             return self.process(message)
         return RECEIVED, []
 

@@ -41,8 +41,10 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--output", type=Path, help="file to write (default: config/schema/channel.schema.json)"
             )
-    validate = commands.add_parser("validate", help="validate a CDA document", add_help=False)
-    validate.add_argument("args", nargs=argparse.REMAINDER)
+    for name, text in (("validate", "validate a CDA document (XML Schema + Schematron)"),
+                       ("mpi", "the Master Patient Index: load the register, link, review, audit")):
+        forwarded = commands.add_parser(name, help=text, add_help=False)
+        forwarded.add_argument("args", nargs=argparse.REMAINDER)
     return top
 
 
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         from engine.validation.cli import validate_command
 
         return validate_command(argv[1:])
+    if argv[:1] == ["mpi"]:
+        from engine.mpi.cli import mpi_command
+
+        return mpi_command(argv[1:])
     args = parser().parse_args(argv)
     try:
         return int(COMMANDS[args.command](args))
