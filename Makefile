@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: run test lint typecheck unit check schema bench clean
+.PHONY: run test check schema docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,9 @@ test: $(INSTALLED)
 
 check: $(INSTALLED)
 	$(BIN)/passerelle check --config config/engine.yaml
+
+docs: $(INSTALLED)
+	$(BIN)/passerelle docs --config config/engine.yaml
 
 schema: $(INSTALLED)
 	$(BIN)/passerelle schema --config config/engine.yaml

@@ -60,12 +60,13 @@ class Channel:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Resume unfinished work first, then open the source."""
+    async def start(self, open_source: bool = True) -> None:
+        """Resume unfinished work first, then open the source (not when testing offline)."""
         for queue in self.queues:
             queue.start()
         self._tasks = [asyncio.create_task(self._pipeline_worker()) for _ in range(PIPELINE_WORKERS)]
-        await self.source.start(self.accept)
+        if open_source:
+            await self.source.start(self.accept)
 
     async def stop_intake(self) -> None:
         await self.source.stop()

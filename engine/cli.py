@@ -30,11 +30,15 @@ def parser() -> argparse.ArgumentParser:
         ("check", "validate the configuration and channels"),
         ("stats", "message and queue counts"),
         ("schema", "write the channel JSON Schema"),
+        ("docs", "write the component reference (docs/reference/) and the JSON Schema"),
+        ("test", "run the channels' test cases offline (destinations captured)"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument(
             "--config", type=Path, default=DEFAULT_CONFIG, help="engine.yaml (default: %(default)s)"
         )
+        if name == "test":
+            sub.add_argument("channels", nargs="*", help="channel names (default: every channel with tests)")
         if name == "stats":
             sub.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "schema":
@@ -133,4 +137,36 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "check": cmd_check, "stats": cmd_stats, "schema": cmd_schema}
+def cmd_docs(args: argparse.Namespace) -> int:
+    from engine.reference import write_reference
+
+    written = write_reference(args.config.resolve().parent.parent)
+    print(f"wrote {len(written)} files under docs/reference/ and config/schema/")
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from engine import log
+    from engine.channel_tests import format_results, load_cases, run_channel_tests
+
+    log.configure("error", "console")
+    project = load_project(args.config)
+    known = {spec.name: spec for spec in project.channels}
+    unknown = [name for name in args.channels if name not in known]
+    if unknown:
+        print(f"unknown channel(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", file=sys.stderr)
+        return 2
+    chosen = [known[name] for name in args.channels] or [s for s in project.channels if s.tests]
+
+    async def run_all() -> list[Any]:
+        results = []
+        for spec in chosen:
+            results += await run_channel_tests(project, spec, load_cases(spec))
+        return results
+
+    results = asyncio.run(run_all())
+    print(format_results(results))
+    return 0 if results and all(r.passed for r in results) else 1
+
+
+COMMANDS = {"test": cmd_test, "run": cmd_run, "check": cmd_check, "stats": cmd_stats, "schema": cmd_schema, "docs": cmd_docs}

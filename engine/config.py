@@ -47,11 +47,44 @@ class StoreConfig(Strict):
 
 class DashboardConfig(Strict):
     enabled: bool = False
-    """Serve the operations dashboard (see the dashboard issue)."""
+    """Serve the operations dashboard, JSON API, `/metrics` and `/health/*` (engine/dashboard/)."""
     host: str = "127.0.0.1"
     """Listen address."""
-    port: int = Field(default=8080, ge=1, le=65535)
-    """Listen port."""
+    port: int = Field(default=8080, ge=0, le=65535)
+    """Listen port (0: any free port, for tests)."""
+    users_file: str = "config/users.yaml"
+    """Dashboard users with scrypt-hashed passwords, written by `passerelle user add NAME --role ROLE`."""
+    session_idle_minutes: float = Field(default=30.0, gt=0)
+    """A session unused this long ends (the user logs in again)."""
+    session_max_hours: float = Field(default=12.0, gt=0)
+    """A session ends this long after login, whatever its use."""
+    secure_cookies: Literal["auto", "always", "never"] = "auto"
+    """`Secure` cookie flag: `auto` sets it when the request came over HTTPS (directly or from a local proxy)."""
+    login_attempts: int = Field(default=5, ge=1)
+    """Failed logins allowed per user name and per client address within `login_window`; then HTTP 429."""
+    login_window: float = Field(default=300.0, gt=0)
+    """Seconds over which failed logins are counted."""
+    public_metrics: bool = True
+    """`/metrics` needs no login (Prometheus scrapes it); it holds counts only, never patient data."""
+
+
+class AlertRule(Strict):
+    """One alert, evaluated every second, shown on the dashboard and exported as a metric."""
+
+    name: str
+    """Alert name (dashboard banner and the `alert` label of `passerelle_alert_active`)."""
+    kind: Literal["queue_depth", "error_rate", "oldest_age", "channel_down"]
+    """`queue_depth`: open deliveries > threshold; `error_rate`: fraction of messages rejected or failed
+    for good over `window` > threshold; `oldest_age`: seconds the oldest open delivery waits > threshold;
+    `channel_down`: the channel's source is not listening."""
+    channel: str = "*"
+    """Channels watched (a glob: `lab-*`)."""
+    destination: str = "*"
+    """Destinations watched (a glob), for `queue_depth` and `oldest_age`."""
+    threshold: float = Field(default=0.0, ge=0)
+    """The alert is active above this value."""
+    window: float = Field(default=300.0, gt=0, le=3600)
+    """Seconds over which `error_rate` is computed."""
 
 
 class LoggingConfig(Strict):
@@ -68,6 +101,8 @@ class EngineConfig(Strict):
     """Folder holding one YAML file per channel."""
     dashboard: DashboardConfig = DashboardConfig()
     """Operations dashboard."""
+    alerts: list[AlertRule] = []
+    """Alert rules shown on the dashboard and exported as metrics."""
     logging: LoggingConfig = LoggingConfig()
     """Structured logs."""
     shutdown_timeout: float = Field(default=30.0, gt=0)
@@ -126,6 +161,8 @@ class ChannelFile(Strict):
     """Steps run in order: each a `type` plus its options."""
     destinations: list[dict[str, Any]] = []
     """Where processed messages go; each has its own durable queue."""
+    tests: list[dict[str, Any]] = []
+    """Test cases run by `passerelle test` (see docs/channel-tests.md)."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +192,7 @@ class ChannelSpec:
     source: ComponentSpec
     steps: list[ComponentSpec]
     destinations: list[DestinationSpec]
+    tests: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -305,6 +343,7 @@ def load_channel(file: Path, root: Path, problems: Problems) -> ChannelSpec | No
         load_destination(d, file, f"destinations[{i}]", problems) for i, d in enumerate(shell.destinations)
     ]
     check_destination_names(destinations, file, problems)
+    tests = load_tests(file, shell.tests, root, problems)
     if source is None or None in steps or None in destinations:
         return None
     return ChannelSpec(
@@ -317,7 +356,25 @@ def load_channel(file: Path, root: Path, problems: Problems) -> ChannelSpec | No
         source=source,
         steps=[s for s in steps if s],
         destinations=[d for d in destinations if d],
+        tests=tests,
     )
+
+
+def load_tests(file: Path, inline: list[dict[str, Any]], root: Path, problems: Problems) -> list[dict[str, Any]]:
+    """Test cases from the channel file and its sibling `<name>.tests.yaml`, each validated."""
+    from engine.channel_tests import ChannelTest
+
+    cases = [(file, f"tests[{i}]", case) for i, case in enumerate(inline)]
+    sibling = file.with_name(f"{file.stem}.tests.yaml")
+    if sibling.exists():
+        data = resolve_references(load_yaml(sibling, problems), sibling, "", problems, root) or {}
+        items = data.get("tests", []) if isinstance(data, dict) else []
+        cases += [(sibling, f"tests[{i}]", case) for i, case in enumerate(items)]
+    valid = []
+    for where, path, case in cases:
+        if validate_model(ChannelTest, case, where, path, problems) is not None:
+            valid.append(case)
+    return valid
 
 
 def load_destination(data: Any, file: Path, path: str, problems: Problems) -> DestinationSpec | None:

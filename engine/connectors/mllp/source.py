@@ -190,7 +190,7 @@ class MllpSource:
                     payload, conn.meta, Finding(f"{err}; no ACK is possible", code="100")
                 )
             return False
-        intake = self._intake(payload, header, conn.meta)
+        intake = self.intake_for(payload, header, conn.meta)
         try:
             assert self._deliver is not None
             receipt = await self._deliver(intake)
@@ -205,7 +205,8 @@ class MllpSource:
         await self._answer(conn, header, receipt, intake)
         return True
 
-    def _intake(self, payload: bytes, header: Header, meta: SourceMeta) -> Intake:
+    def intake_for(self, payload: bytes, header: Header, meta: SourceMeta) -> Intake:
+        """The Intake this listener builds for a frame (also used by `passerelle test`)."""
         problem, codec = self._envelope_problem(payload, header)
         return Intake(
             payload,
