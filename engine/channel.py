@@ -14,6 +14,7 @@ import hashlib
 
 import structlog
 
+from engine import metrics
 from engine.config import ChannelSpec
 from engine.contracts import Intake, Receipt, Source, Step, Verdict
 from engine.dispatch import DestinationQueue, LoadMessage
@@ -57,32 +58,63 @@ class Channel:
         self.pipeline: Feed[Message] = Feed(PIPELINE_MEMORY, self._reload_unprocessed)
         self._waiters: dict[int, asyncio.Future[Verdict]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._accepting = 0
+        self._drained = asyncio.Event()
+        self._drained.set()
+        self.meter = metrics.channel_meter(spec.name)  # counts per stored status (dashboard, /metrics)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self, open_source: bool = True) -> None:
         """Resume unfinished work first, then open the source (not when testing offline)."""
+        self.start_work()
+        if open_source:
+            await self.source.start(self.accept)
+
+    def start_work(self) -> None:
+        """Start the destination queues (idempotent: a reused queue keeps running) and the pipeline."""
         for queue in self.queues:
             queue.start()
         self._tasks = [asyncio.create_task(self._pipeline_worker()) for _ in range(PIPELINE_WORKERS)]
-        if open_source:
-            await self.source.start(self.accept)
 
     async def stop_intake(self) -> None:
         await self.source.stop()
 
     async def stop(self, timeout: float) -> None:
+        await self.stop_pipeline(timeout)
+        await asyncio.gather(*(q.stop(timeout) for q in self.queues))
+
+    async def stop_pipeline(self, timeout: float) -> None:
+        """Finish the step runs in flight; messages not yet taken stay `received` in the store."""
         self.pipeline.close()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
-        await asyncio.gather(*(q.stop(timeout) for q in self.queues))
+
+    async def drained(self) -> None:
+        """Wait until no intake is in flight on this channel version (hot reload)."""
+        await self._drained.wait()
+
+    def hand_over_waiters(self, successor: Channel) -> None:
+        """Application-ACK waiters of messages not processed yet: the successor resolves them."""
+        successor._waiters.update(self._waiters)
+        self._waiters.clear()
 
     # -- intake --------------------------------------------------------------------------------
 
     async def accept(self, intake: Intake) -> Receipt:
         """Store the message durably (de-duplicated), then say what was decided. Raises StoreError."""
+        self._accepting += 1
+        self._drained.clear()
+        try:
+            return await self._accept(intake)
+        finally:
+            self._accepting -= 1
+            if not self._accepting:
+                self._drained.set()
+
+    async def _accept(self, intake: Intake) -> Receipt:
         message = Message(
             self.name,
             intake.raw,
@@ -172,6 +204,7 @@ class Channel:
         self, message: Message, verdict: Verdict, response: bytes | None, result: IntakeResult
     ) -> Receipt:
         done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        self.meter.stored(verdict.status)
         if verdict.status == "received":
             self._waiters[result.message_id] = done
             self.pipeline.push(result.message_id, message)
@@ -228,6 +261,7 @@ class Channel:
         record = ProcessedRecord(message.id, self.name, verdict.status, findings_to_json(verdict.findings),
                                  transformed, deliveries, verdict.code)
         ids = await self.store.processed(record)
+        self.meter.processed(verdict.status)
         self.pipeline.done(message.id)
         self._offer(message, ids)
         waiter = self._waiters.pop(message.id, None)

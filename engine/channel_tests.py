@@ -23,8 +23,12 @@ from engine.contracts import BuildContext, Intake, Receipt
 from engine.message import HL7V2, Message, SourceMeta
 
 FINAL = ("sent", "filtered", "rejected", "errored")
-XML_NAMESPACES = {"cda": "urn:hl7-org:v3", "hl7": "urn:hl7-org:v3", "sdtc": "urn:hl7-org:sdtc",
-                  "xsi": "http://www.w3.org/2001/XMLSchema-instance"}
+XML_NAMESPACES = {
+    "cda": "urn:hl7-org:v3",
+    "hl7": "urn:hl7-org:v3",
+    "sdtc": "urn:hl7-org:sdtc",
+    "xsi": "http://www.w3.org/2001/XMLSchema-instance",
+}
 
 
 class Strict(BaseModel):
@@ -112,7 +116,9 @@ class Capture:
         return None
 
 
-async def run_channel_tests(project: Project, spec: ChannelSpec, cases: list[ChannelTest]) -> list[CaseResult]:
+async def run_channel_tests(
+    project: Project, spec: ChannelSpec, cases: list[ChannelTest]
+) -> list[CaseResult]:
     results = []
     for case in cases:
         with tempfile.TemporaryDirectory(prefix="passerelle-test-") as folder:
@@ -179,8 +185,9 @@ async def final_status(store: Any, message_id: int, timeout: float = 20.0) -> st
         await asyncio.sleep(0.02)
 
 
-def judge(channel: str, case: ChannelTest, receipt: Receipt, status: str, captures: dict[str, Capture],
-          root: Path) -> CaseResult:
+def judge(
+    channel: str, case: ChannelTest, receipt: Receipt, status: str, captures: dict[str, Capture], root: Path
+) -> CaseResult:
     result = CaseResult(channel, case.name, summary=f"{ack_code(receipt.response)}, {status}")
     expect = case.expect
     if expect.ack and ack_code(receipt.response) != expect.ack:
@@ -208,8 +215,9 @@ def error_texts(receipt: Receipt) -> str:
     return " | ".join(f.text for f in receipt.verdict.findings)
 
 
-def check_destination(name: str, wanted: DeliveryExpectation | str, captures: dict[str, Capture],
-                      root: Path) -> list[str]:
+def check_destination(
+    name: str, wanted: DeliveryExpectation | str, captures: dict[str, Capture], root: Path
+) -> list[str]:
     if name not in captures:
         return [f"the channel has no destination named {name!r} (it has: {', '.join(captures)})"]
     payloads = captures[name].payloads
@@ -243,8 +251,11 @@ def hl7_failures(name: str, payload: bytes, paths: dict[str, str]) -> list[str]:
     from engine.formats.hl7v2 import parse
 
     message = parse(payload)
-    return [f"{name}: {path} is {message.get(path)!r}, expected {value!r}"
-            for path, value in paths.items() if message.get(path) != value]
+    return [
+        f"{name}: {path} is {message.get(path)!r}, expected {value!r}"
+        for path, value in paths.items()
+        if message.get(path) != value
+    ]
 
 
 def xpath_failures(name: str, payload: bytes, paths: dict[str, str]) -> list[str]:
@@ -270,7 +281,9 @@ def format_results(results: list[CaseResult]) -> str:
     lines = []
     for r in results:
         mark = "PASS" if r.passed else "FAIL"
-        lines.append(f"{mark} {r.channel}: {r.name} ({r.summary})" if r.summary else f"{mark} {r.channel}: {r.name}")
+        lines.append(
+            f"{mark} {r.channel}: {r.name} ({r.summary})" if r.summary else f"{mark} {r.channel}: {r.name}"
+        )
         lines += [f"     - {failure}" for failure in r.failures]
     failed = sum(not r.passed for r in results)
     lines.append(f"{len(results) - failed} passed, {failed} failed")

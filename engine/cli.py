@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +47,22 @@ def parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--output", type=Path, help="file to write (default: config/schema/channel.schema.json)"
             )
-    for name, text in (("validate", "validate a CDA document (XML Schema + Schematron)"),
-                       ("mpi", "the Master Patient Index: load the register, link, review, audit")):
+    channels = commands.add_parser("channels", help="channel versions: history and rollback")
+    actions = channels.add_subparsers(dest="action", required=True)
+    history = actions.add_parser("history", help="versions a channel ran, newest first")
+    rollback = actions.add_parser("rollback", help="write an earlier version back to the channel file")
+    for action in (history, rollback):
+        action.add_argument("name", help="channel name")
+        action.add_argument(
+            "--config", type=Path, default=DEFAULT_CONFIG, help="engine.yaml (default: %(default)s)"
+        )
+    rollback.add_argument("version", help="a version from `history` (a unique prefix is enough)")
+    for name, text in (
+        ("validate", "validate a CDA document (XML Schema + Schematron)"),
+        ("mpi", "the Master Patient Index: load the register, link, review, audit"),
+        ("dsp", "the DSP document store: list, get, close, reopen"),
+        ("user", "dashboard users: add NAME --role ROLE, remove NAME, list"),
+    ):
         forwarded = commands.add_parser(name, help=text, add_help=False)
         forwarded.add_argument("args", nargs=argparse.REMAINDER)
     return top
@@ -62,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         from engine.mpi.cli import mpi_command
 
         return mpi_command(argv[1:])
+    if argv[:1] == ["user"]:
+        from engine.dashboard.users_cli import user_command
+
+        return user_command(argv[1:])
+    if argv[:1] == ["dsp"]:
+        from engine.dsp.cli import dsp_command
+
+        return dsp_command(argv[1:])
     args = parser().parse_args(argv)
     try:
         return int(COMMANDS[args.command](args))
@@ -93,13 +117,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_stats(args: argparse.Namespace) -> int:
-
-    config_file: Path = args.config.resolve()
-    engine = load_engine_config(config_file)
+def engine_only(config: Path) -> Project:
+    """The project without its channels (for commands that must work while a channel is broken)."""
+    config_file = config.resolve()
     root = config_file.parent.parent if config_file.parent.name == "config" else config_file.parent
-    project = Project(root=root, engine=engine, channels=[])
-    stats = asyncio.run(read_stats(project))
+    return Project(root=root, engine=load_engine_config(config_file), channels=[])
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    stats = asyncio.run(read_stats(engine_only(args.config)))
     print(json.dumps(stats, indent=2, sort_keys=True) if args.json else format_stats(stats))
     return 0
 
@@ -154,7 +180,9 @@ def cmd_test(args: argparse.Namespace) -> int:
     known = {spec.name: spec for spec in project.channels}
     unknown = [name for name in args.channels if name not in known]
     if unknown:
-        print(f"unknown channel(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", file=sys.stderr)
+        print(
+            f"unknown channel(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})", file=sys.stderr
+        )
         return 2
     chosen = [known[name] for name in args.channels] or [s for s in project.channels if s.tests]
 
@@ -169,4 +197,51 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 0 if results and all(r.passed for r in results) else 1
 
 
-COMMANDS = {"test": cmd_test, "run": cmd_run, "check": cmd_check, "stats": cmd_stats, "schema": cmd_schema, "docs": cmd_docs}
+def cmd_channels(args: argparse.Namespace) -> int:
+    project = engine_only(args.config)  # works while a channel file is broken, when rollback matters
+    versions = asyncio.run(read_versions(project, args.name))
+    if not versions:
+        print(f"no recorded versions of channel {args.name!r}", file=sys.stderr)
+        return 2
+    if args.action == "history":
+        for v in versions:
+            loaded = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(v["loaded_at"]))
+            print(f"{v['version']}  {loaded}  {v['messages']} message(s)")
+        return 0
+    return rollback_channel(project, args.name, args.version, versions)
+
+
+async def read_versions(project: Project, name: str) -> list[dict[str, Any]]:
+    from engine.store import open_store
+
+    store = open_store(project.engine.store, project.root)
+    await store.open()
+    try:
+        return await store.channel_versions(name)
+    finally:
+        await store.close()
+
+
+def rollback_channel(project: Project, name: str, prefix: str, versions: list[dict[str, Any]]) -> int:
+    """Write the chosen version's YAML back to the channel file; a running engine reloads it."""
+    matches = [v for v in versions if v["version"].startswith(prefix)]
+    if len(matches) != 1:
+        print(f"version {prefix!r} matches {len(matches)} recorded versions of {name!r}", file=sys.stderr)
+        return 2
+    target = project.root / project.engine.channels_dir / f"{name}.yaml"
+    temp = target.with_name(f".{target.name}.rollback")
+    temp.write_text(matches[0]["content"], encoding="utf-8")
+    os.replace(temp, target)
+    print(f"{target}: rolled back to version {matches[0]['version']}")
+    return 0
+
+
+COMMANDS = {
+    "channels": cmd_channels,
+    "test": cmd_test,
+    "run": cmd_run,
+    "check": cmd_check,
+    "stats": cmd_stats,
+    "schema": cmd_schema,
+    "docs": cmd_docs,
+}

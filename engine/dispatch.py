@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from engine import metrics
 from engine.config import QueueConfig
 from engine.contracts import Destination
 from engine.errors import PermanentError, RetryableError, StoreError
@@ -76,10 +77,13 @@ class DestinationQueue:
         self._workers: list[asyncio.Task[None]] = []
         self.in_flight = 0
         self.last_error = ""
+        self.meter = metrics.destination_meter(channel, name)  # outcome counters (dashboard, /metrics)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
+        if self._workers:
+            return  # already running: a hot reload kept this queue
         self._workers = [
             asyncio.create_task(self._worker(), name=f"{self.channel}/{self.name}/{i}")
             for i in range(self.config.concurrency)
@@ -102,6 +106,13 @@ class DestinationQueue:
         now = time.time()
         work = Work(delivery_id, message.id or 0, order_key, 0, now, now, message)
         self.feed.push(delivery_id, work)
+
+    def resume(self, row: PendingDelivery) -> None:
+        """Take back a delivery the store re-opened (an operator's resend, `Store.requeue_delivery`).
+
+        Its attempts and age are kept: a resend is one more attempt, dead again if that fails."""
+        self.feed.push(row.id, work_from_row(row))
+        self.meter.outcome("queued")
 
     async def _reload(self, after_id: int, limit: int) -> list[tuple[int, Work]]:
         rows = await self.store.open_deliveries(self.channel, self.name, after_id, limit)
@@ -203,6 +214,7 @@ class DestinationQueue:
                 response,
             )
         )
+        self.meter.outcome(status)
 
     def _schedule(self, work: Work, delay: float) -> None:
         loop = asyncio.get_running_loop()

@@ -35,6 +35,7 @@ class Feed(Generic[T]):
         self._min_dropped: int | None = None
         self._drops = 0
         self._finished_during_reload: set[int] | None = None
+        self._refilling = False
         self._wakeup = asyncio.Event()
         self._closed = False
 
@@ -74,17 +75,29 @@ class Feed(Generic[T]):
         self._wakeup.set()
 
     async def get(self) -> T | None:
-        """The next item, or None once closed."""
+        """The next item, or None once closed. Any number of consumers may wait at once."""
         while not self._closed:
             if self._urgent:
                 return self._urgent.popleft()
             if self._items:
                 return self._items.popleft()[1]
-            if self._spilled and await self._refill():
+            if self._spilled and not self._refilling:
+                await self._refill_once()
                 continue
             self._wakeup.clear()
             await self._wakeup.wait()
         return None
+
+    async def _refill_once(self) -> None:
+        """One consumer refills; the others wait for it. Two overlapping reloads could each
+        return an item the other's consumers already finished, and hand it out twice."""
+        self._refilling = True
+        try:
+            while self._spilled and not self._items and await self._refill():
+                pass
+        finally:
+            self._refilling = False
+            self._wakeup.set()
 
     async def _refill(self) -> bool:
         """Load the next page of open work from the store; True when another look is needed."""

@@ -21,6 +21,7 @@ from engine.channel import Channel, message_loader
 from engine.config import ChannelSpec, Project
 from engine.contracts import BuildContext, Destination, Source, Step
 from engine.dispatch import DestinationQueue
+from engine.reload import ChannelSlot, load_or_report, snapshot, swap
 from engine.store import open_store
 from engine.store.base import Store
 
@@ -31,12 +32,22 @@ def build(kind: registry.Kind, type_name: str, config: Any, context: BuildContex
     return registry.load(kind, type_name)(config, context)
 
 
-def build_channel(spec: ChannelSpec, store: Store, context: BuildContext) -> Channel:
-    source: Source = build("source", spec.source.type, spec.source.config, context)
+def build_channel(
+    spec: ChannelSpec,
+    store: Store,
+    context: BuildContext,
+    source: Source | None = None,
+    kept: dict[str, DestinationQueue] | None = None,
+) -> Channel:
+    """A channel version. On hot reload, `source` and `kept` queues are the running ones reused."""
+    source = source or build("source", spec.source.type, spec.source.config, context)
     steps: list[Step] = [build("step", s.type, s.config, context) for s in spec.steps]
     charset = str(getattr(spec.source.config, "charset", ""))
     queues = []
     for dest in spec.destinations:
+        if kept and dest.name in kept:
+            queues.append(kept[dest.name])
+            continue
         destination: Destination = build("destination", dest.type, dest.config, context)
         queues.append(
             DestinationQueue(
@@ -51,27 +62,96 @@ class Engine:
         self.project = project
         self.store = open_store(project.engine.store, project.root)
         self.services = services or {}
-        self.channels: list[Channel] = []
+        self.slots: dict[str, ChannelSlot] = {}
         self._stopping = asyncio.Event()
+        self._watcher: asyncio.Task[None] | None = None
+        self._reloading = asyncio.Lock()
+        self.dashboard: Any = None  # engine.dashboard.server.DashboardServer when dashboard.enabled
+
+    @property
+    def channels(self) -> list[Channel]:
+        """The channel versions currently in charge."""
+        return [slot.current for slot in self.slots.values()]
 
     async def start(self) -> None:
         await self.store.open()
         self.services.setdefault("store", self.store)
         for spec in self.project.channels:
-            if not spec.enabled:
-                continue
-            context = BuildContext(self.project.root, spec.name, self.services)
-            channel = build_channel(spec, self.store, context)
-            await channel.start()
-            self.channels.append(channel)
-        log.info("engine_started", channels=[c.name for c in self.channels])
+            if spec.enabled:
+                await self._start_channel(spec)
+        if self.project.engine.reload_interval:
+            self._watcher = asyncio.create_task(self._watch_channels(), name="channel-watcher")
+        if self.project.engine.dashboard.enabled:  # after the channels: it shows and acts on them
+            from engine.dashboard.server import DashboardServer
+
+            self.dashboard = DashboardServer(self)
+            await self.dashboard.start()
+        log.info("engine_started", channels=list(self.slots))
+
+    async def _start_channel(self, spec: ChannelSpec) -> None:
+        channel = self._build(spec)
+        slot = self.slots[spec.name] = ChannelSlot(channel)
+        await self.store.record_channel_version(
+            spec.name, spec.version, spec.file.read_text(encoding="utf-8")
+        )
+        channel.start_work()
+        await channel.source.start(slot.accept)
+
+    def _build(
+        self, spec: ChannelSpec, source: Source | None = None, kept: dict[str, DestinationQueue] | None = None
+    ) -> Channel:
+        context = BuildContext(self.project.root, spec.name, self.services)
+        return build_channel(spec, self.store, context, source, kept)
 
     async def stop(self) -> None:
         timeout = self.project.engine.shutdown_timeout
-        await asyncio.gather(*(c.stop_intake() for c in self.channels))
-        await asyncio.gather(*(c.stop(timeout) for c in self.channels))
+        if self.dashboard is not None:  # first: no action may reach a channel that is stopping
+            await self.dashboard.stop()
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)
+        async with self._reloading:
+            await asyncio.gather(*(c.stop_intake() for c in self.channels))
+            await asyncio.gather(*(c.stop(timeout) for c in self.channels))
         await self.store.close()
         log.info("engine_stopped")
+
+    # -- hot reload ----------------------------------------------------------------------------
+
+    async def _watch_channels(self) -> None:
+        folder = self.project.root / self.project.engine.channels_dir
+        seen = snapshot(folder)
+        while True:
+            await asyncio.sleep(self.project.engine.reload_interval)
+            current = snapshot(folder)
+            if current != seen:
+                seen = current
+                await self.reload()
+
+    async def reload(self) -> bool:
+        """Apply the channel files as they are now; False (and nothing changes) when one is invalid."""
+        specs = load_or_report(self.project)
+        if specs is None:
+            return False
+        async with self._reloading:
+            await self._apply({s.name: s for s in specs if s.enabled})
+        return True
+
+    async def _apply(self, wanted: dict[str, ChannelSpec]) -> None:
+        timeout = self.project.engine.shutdown_timeout
+        for name in [n for n in self.slots if n not in wanted]:
+            channel = self.slots.pop(name).current
+            await channel.stop_intake()
+            await channel.stop(timeout)
+            log.info("channel_removed", channel=name)
+        for name, spec in wanted.items():
+            slot = self.slots.get(name)
+            if slot is None:
+                await self._start_channel(spec)
+            elif slot.current.spec.version != spec.version:
+                content = spec.file.read_text(encoding="utf-8")
+                await self.store.record_channel_version(name, spec.version, content)
+                await swap(slot, spec, self._build, timeout)
 
     def request_stop(self) -> None:
         self._stopping.set()

@@ -182,5 +182,19 @@ class Store(ABC):
     async def events(self, message_id: int) -> list[dict[str, Any]]: ...
 
     @abstractmethod
+    async def requeue_delivery(self, delivery_id: int) -> PendingDelivery | None:
+        """Re-open a `dead` or `rejected` delivery (an operator's resend): status `queued`, due now,
+        attempts and age kept; its message goes back to `queued`. Both changes are events. Returns
+        the re-opened delivery for its running queue, or None when it was not dead or rejected."""
+
+    @abstractmethod
+    async def record_channel_version(self, channel: str, version: str, content: str) -> None:
+        """Remember a channel version the engine runs (first time seen; idempotent)."""
+
+    @abstractmethod
+    async def channel_versions(self, channel: str) -> list[dict[str, Any]]:
+        """Versions of a channel, newest first: version, loaded_at, content, messages handled."""
+
+    @abstractmethod
     async def stats(self) -> dict[str, Any]:
         """Per channel: message counts per status; per destination: counts per status, oldest open."""

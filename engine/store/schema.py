@@ -66,6 +66,15 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE INDEX IF NOT EXISTS deliveries_open ON deliveries (channel, destination, status, id);
 CREATE INDEX IF NOT EXISTS deliveries_message ON deliveries (message_id, status);
 
+-- Every channel version the engine ran: `passerelle channels history` and `rollback`.
+CREATE TABLE IF NOT EXISTS channel_versions (
+    channel   TEXT NOT NULL,
+    version   TEXT NOT NULL,
+    loaded_at REAL NOT NULL,
+    content   TEXT NOT NULL,
+    PRIMARY KEY (channel, version)
+);
+
 -- A message's status change is an event.
 CREATE TRIGGER IF NOT EXISTS message_status_event AFTER UPDATE OF status ON messages
 WHEN NEW.status <> OLD.status

@@ -194,6 +194,10 @@ class SqliteStore(Store):
     async def update_delivery(self, update: DeliveryUpdate) -> None:
         await self._write(lambda conn: update_delivery_op(conn, update))
 
+    async def requeue_delivery(self, delivery_id: int) -> PendingDelivery | None:
+        row: PendingDelivery | None = await self._write(lambda conn: requeue_delivery_op(conn, delivery_id))
+        return row
+
     async def unprocessed(self, channel: str, after_id: int, limit: int) -> list[StoredMessage]:
         sql = (
             f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES_WITH_CONTENT}"
@@ -226,6 +230,17 @@ class SqliteStore(Store):
         )
         rows = await self._read(lambda c: c.execute(sql, (message_id, message_id)).fetchall())
         return [{"at": r[0], "status": r[1], "destination": r[2], "detail": r[3]} for r in rows]
+
+    async def record_channel_version(self, channel: str, version: str, content: str) -> None:
+        sql = "INSERT OR IGNORE INTO channel_versions (channel, version, loaded_at, content) VALUES (?,?,?,?)"
+        await self._write(lambda conn: conn.execute(sql, (channel, version, time.time(), content)))
+
+    async def channel_versions(self, channel: str) -> list[dict[str, Any]]:
+        sql = ("SELECT v.version, v.loaded_at, v.content, (SELECT count(*) FROM messages m"
+               " WHERE m.channel = v.channel AND m.channel_version = v.version)"
+               " FROM channel_versions v WHERE v.channel=? ORDER BY v.loaded_at DESC, v.rowid DESC")
+        rows = await self._read(lambda c: c.execute(sql, (channel,)).fetchall())
+        return [{"version": r[0], "loaded_at": r[1], "content": r[2], "messages": r[3]} for r in rows]
 
     async def stats(self) -> dict[str, Any]:
         stats: dict[str, Any] = await self._read(stats_query)
@@ -325,6 +340,32 @@ def update_delivery_op(conn: sqlite3.Connection, u: DeliveryUpdate) -> None:
         " response=coalesce(?, response) WHERE id=?",
         (u.status, u.attempts, u.next_attempt_at, time.time(), u.error or None, u.response, u.delivery_id),
     )
+
+
+RESEND_NOTE = "resend requested by an operator"
+
+
+def requeue_delivery_op(conn: sqlite3.Connection, delivery_id: int) -> PendingDelivery | None:
+    """Operator resend. The message goes back to `queued` first (event by trigger) so the delivery
+    trigger can give it its final status again when this delivery closes; the delivery's status
+    change then adds its own event, with the note as detail."""
+    row = conn.execute(
+        "SELECT message_id FROM deliveries WHERE id=? AND status IN ('dead','rejected')", (delivery_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    now = time.time()
+    conn.execute("UPDATE messages SET status='queued', updated_at=? WHERE id=?", (now, row[0]))
+    conn.execute(
+        "UPDATE deliveries SET status='queued', next_attempt_at=?, updated_at=?, last_error=? WHERE id=?",
+        (now, now, RESEND_NOTE, delivery_id),
+    )
+    found = conn.execute(
+        "SELECT id, message_id, destination, status, order_key, attempts, created_at, next_attempt_at"
+        " FROM deliveries WHERE id=?",
+        (delivery_id,),
+    ).fetchone()
+    return PendingDelivery(*found)
 
 
 def stats_query(conn: sqlite3.Connection) -> dict[str, Any]:

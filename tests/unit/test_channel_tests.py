@@ -47,7 +47,9 @@ def config(tmp_path: Path) -> Path:
     return write_project(tmp_path, {"lab": CHANNEL})
 
 
-def test_passing_cases_run_offline_with_destinations_captured(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_passing_cases_run_offline_with_destinations_captured(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     # the destination's host is unroutable: a real send would fail; the capture makes it pass
     assert main(["test", "--config", str(config)]) == 0
     assert "PASS lab: stamped and sent (AA, sent)" in capsys.readouterr().out
@@ -69,7 +71,8 @@ def test_failing_expectations_are_each_reported_and_exit_non_zero(
 
 def test_a_malformed_case_is_a_check_error(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (config.parent.parent / "channels" / "lab.tests.yaml").write_text(
-        "tests:\n  - {name: x, input: y.hl7, expect: {ack: OK}}\n  - {name: y, message: 'MSH|', input: y.hl7}\n"
+        "tests:\n  - {name: x, input: y.hl7, expect: {ack: OK}}\n"
+        "  - {name: y, message: 'MSH|', input: y.hl7}\n"
     )
     assert main(["check", "--config", str(config)]) == 1
     err = capsys.readouterr().err

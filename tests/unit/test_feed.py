@@ -15,9 +15,11 @@ class FakeStore:
         self.queries = 0
 
     async def reload(self, after_id: int, limit: int) -> list[tuple[int, str]]:
+        """Like a database query: a snapshot taken when it starts, returned a little later."""
         self.queries += 1
-        await asyncio.sleep(0)  # a real query yields to the loop
-        return [(i, v) for i, v in sorted(self.open.items()) if i > after_id][:limit]
+        page = [(i, v) for i, v in sorted(self.open.items()) if i > after_id][:limit]
+        await asyncio.sleep(0.001 * (self.queries % 3))  # some queries are slower than others
+        return page
 
     def commit(self, feed: Feed[str], item_id: int) -> None:
         self.open[item_id] = f"m{item_id}"
@@ -97,3 +99,27 @@ async def test_close_wakes_waiting_consumers() -> None:
     await asyncio.sleep(0.01)
     feed.close()
     assert await asyncio.wait_for(waiter, 1) is None
+
+
+async def test_concurrent_consumers_never_get_an_item_twice_while_spilled() -> None:
+    """Regression: several consumers refilling at once re-added items already done (crash test)."""
+    store = FakeStore()
+    feed: Feed[str] = Feed(7, store.reload)
+    for i in range(1, 201):
+        store.commit(feed, i)
+    handed: list[str] = []
+
+    async def consumer() -> None:
+        while len(handed) < 200:
+            try:
+                item = await asyncio.wait_for(feed.get(), 0.5)
+            except TimeoutError:
+                return
+            assert item is not None
+            handed.append(item)
+            await asyncio.sleep(0)  # processing yields, as a real commit does
+            del store.open[int(item[1:])]
+            feed.done(int(item[1:]))
+
+    await asyncio.gather(*(consumer() for _ in range(16)))
+    assert sorted(handed, key=lambda s: int(s[1:])) == [f"m{i}" for i in range(1, 201)]
