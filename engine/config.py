@@ -107,6 +107,8 @@ class EngineConfig(Strict):
     """Structured logs."""
     shutdown_timeout: float = Field(default=30.0, gt=0)
     """Seconds SIGTERM waits for in-flight work before exiting (unfinished work resumes at start)."""
+    reload_interval: float = Field(default=2.0, ge=0)
+    """Seconds between checks of the channel files for changes (hot reload); 0 turns it off."""
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     """uvloop is about twice as fast on the MLLP hot path (bench/BENCHMARKS.md)."""
 
@@ -360,7 +362,9 @@ def load_channel(file: Path, root: Path, problems: Problems) -> ChannelSpec | No
     )
 
 
-def load_tests(file: Path, inline: list[dict[str, Any]], root: Path, problems: Problems) -> list[dict[str, Any]]:
+def load_tests(
+    file: Path, inline: list[dict[str, Any]], root: Path, problems: Problems
+) -> list[dict[str, Any]]:
     """Test cases from the channel file and its sibling `<name>.tests.yaml`, each validated."""
     from engine.channel_tests import ChannelTest
 
