@@ -6,6 +6,8 @@ Each error names the peer and the reason, since operators read it in the dashboa
 from __future__ import annotations
 
 import importlib
+import socket
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,6 +18,7 @@ from engine import registry
 from engine.contracts import BuildContext, Destination
 from engine.errors import PermanentError, RetryableError
 from engine.message import HL7V2, Message, SourceMeta
+from tests.component.destination_harness_secure_mail import SecureMailHarness
 from tests.component.destination_harnesses import FileDestinationHarness, MllpDestinationHarness
 from tests.unit.hl7_samples import ORU_R01_25
 
@@ -30,6 +33,7 @@ class Harness(Protocol):
 
 def harnesses() -> dict[str, type[Any]]:
     found: dict[str, type[Any]] = {"mllp": MllpDestinationHarness, "file": FileDestinationHarness}
+    found["secure_mail"] = SecureMailHarness
     try:
         extra = importlib.import_module("tests.component.destination_harnesses_sftp_amqp")
     except ModuleNotFoundError:
@@ -57,7 +61,9 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 async def destination(harness: Harness, scenario: str, tmp_path: Path) -> Destination:
     options = await harness.config(scenario)
     config = registry.config_model("destination", harness.type).model_validate(options)
-    built: Destination = registry.load("destination", harness.type)(config, BuildContext(tmp_path, "contract"))
+    built: Destination = registry.load("destination", harness.type)(
+        config, BuildContext(tmp_path, "contract")
+    )
     return built
 
 
@@ -65,7 +71,9 @@ def sample() -> Message:
     return Message("contract", ORU_R01_25, HL7V2, SourceMeta("test"), id=7, control_id="LAB20250314000123")
 
 
-async def test_accepted_message_has_reached_the_peer_when_send_returns(harness: Harness, tmp_path: Path) -> None:
+async def test_accepted_message_has_reached_the_peer_when_send_returns(
+    harness: Harness, tmp_path: Path
+) -> None:
     dest = await destination(harness, "accept", tmp_path)
     try:
         await dest.send(sample())
@@ -94,3 +102,28 @@ async def test_refusal_for_good_is_permanent(harness: Harness, tmp_path: Path) -
         assert str(err.value)
     finally:
         await dest.close()
+
+
+async def test_mllp_unreadable_ack_is_retryable_with_the_reason(tmp_path: Path) -> None:
+    """Regression (found by fuzzing the ACK path): an ACK our parser cannot read is a clear
+    retryable error naming the reason, not an unexpected exception."""
+    unreadable = b"MSH|^~\\&|R|R|E|E|1||ACK|X|P|2.5||||||KLINGON\rMSA|AA|LAB20250314000123\r"
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer_once() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"\x0b" + unreadable + b"\x1c\x0d")
+
+    threading.Thread(target=answer_once, daemon=True).start()
+    config = registry.config_model("destination", "mllp").model_validate(
+        {"host": "127.0.0.1", "port": server.getsockname()[1], "ack_timeout": 5}
+    )
+    dest: Destination = registry.load("destination", "mllp")(config, BuildContext(tmp_path, "contract"))
+    try:
+        with pytest.raises(RetryableError, match='unreadable ACK: unsupported character set "KLINGON"'):
+            await dest.send(sample())
+    finally:
+        await dest.close()
+        server.close()

@@ -106,6 +106,8 @@ class MllpDestination:
             raise RetryableError(f"connection to {self.where} failed: {describe(err)}") from err
         except FrameError as err:
             raise RetryableError(f"malformed MLLP answer from {self.where}: {err}") from err
+        except UnreadableAck as err:
+            raise RetryableError(f"{self.where} answered with an unreadable ACK: {err}") from err
 
 
 async def read_matching_ack(reader: asyncio.StreamReader, decoder: MllpDecoder, control_id: str) -> bytes:
@@ -115,13 +117,23 @@ async def read_matching_ack(reader: asyncio.StreamReader, decoder: MllpDecoder, 
         if not data:
             raise ConnectionResetError("the receiver closed the connection before answering")
         for payload in decoder.feed(data):
-            with contextlib.suppress(ParseError):
-                if parse(payload).get("MSA-2") == control_id:
-                    return payload
+            if ack_control_id(payload) == control_id:
+                return payload
+
+
+def ack_control_id(payload: bytes) -> str:
+    try:
+        return parse(payload).get("MSA-2")
+    except ParseError as err:
+        raise UnreadableAck(str(err)) from err
+
+
+class UnreadableAck(Exception):
+    """The receiver's answer cannot be read as HL7."""
 
 
 def check_ack(ack: bytes, where: str) -> bytes:
-    msg = parse(ack)
+    msg = parse(ack)  # readable: ack_control_id parsed it already
     code = msg.get("MSA-1")
     if code in ("AA", "CA"):
         return ack
