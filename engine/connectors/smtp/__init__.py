@@ -1,0 +1,1 @@
+"""Secure messaging: SMTP with S/MIME (`smtp` source, `secure_mail` destination)."""
