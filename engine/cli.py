@@ -57,10 +57,19 @@ def parser() -> argparse.ArgumentParser:
             "--config", type=Path, default=DEFAULT_CONFIG, help="engine.yaml (default: %(default)s)"
         )
     rollback.add_argument("version", help="a version from `history` (a unique prefix is enough)")
+    store = commands.add_parser("store", help="the message store: encryption keys")
+    store_actions = store.add_subparsers(dest="action", required=True)
+    new_key = store_actions.add_parser("new-key", help="write a fresh 256-bit key file (mode 0600)")
+    new_key.add_argument("file", type=Path)
+    reencrypt = store_actions.add_parser("reencrypt", help="move every payload to the active key (online)")
+    reencrypt.add_argument(
+        "--config", type=Path, default=DEFAULT_CONFIG, help="engine.yaml (default: %(default)s)"
+    )
     for name, text in (
         ("validate", "validate a CDA document (XML Schema + Schematron)"),
         ("mpi", "the Master Patient Index: load the register, link, review, audit"),
         ("dsp", "the DSP document store: list, get, close, reopen"),
+        ("reporting", "notifiable diseases: import the catalogue, cases, weekly aggregates"),
         ("user", "dashboard users: add NAME --role ROLE, remove NAME, list"),
     ):
         forwarded = commands.add_parser(name, help=text, add_help=False)
@@ -78,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from engine.mpi.cli import mpi_command
 
         return mpi_command(argv[1:])
+    if argv[:1] == ["reporting"]:
+        from engine.reporting.cli import reporting_command
+
+        return reporting_command(argv[1:])
     if argv[:1] == ["user"]:
         from engine.dashboard.users_cli import user_command
 
@@ -236,7 +249,34 @@ def rollback_channel(project: Project, name: str, prefix: str, versions: list[di
     return 0
 
 
+def cmd_store(args: argparse.Namespace) -> int:
+    from engine.store.cipher import new_key_file
+
+    if args.action == "new-key":
+        new_key_file(args.file)
+        print(f"wrote {args.file} (keep it out of the database's backups)")
+        return 0
+    moved = asyncio.run(reencrypt_store(engine_only(args.config)))
+    print(f"re-encrypted {moved} payload row(s) with the active key")
+    return 0
+
+
+async def reencrypt_store(project: Project) -> int:
+    from engine.store import open_store
+    from engine.store.sqlite import SqliteStore
+
+    store = open_store(project.engine.store, project.root)
+    if not isinstance(store, SqliteStore):
+        raise ConfigError([f"{project.root}: re-encryption is implemented for the SQLite store"])
+    await store.open()
+    try:
+        return await store.reencrypt()
+    finally:
+        await store.close()
+
+
 COMMANDS = {
+    "store": cmd_store,
     "channels": cmd_channels,
     "test": cmd_test,
     "run": cmd_run,

@@ -31,6 +31,14 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, frozen=True)
 
 
+class EncryptionConfig(Strict):
+    keys: dict[str, str]
+    """Key id (1-8 ASCII characters) -> key file (32 random bytes, base64; `passerelle store new-key`).
+    Keep old keys listed until `passerelle store reencrypt` has moved every payload to the active one."""
+    active: str
+    """The key id new payloads are encrypted with."""
+
+
 class StoreConfig(Strict):
     type: Literal["sqlite"] = "sqlite"
     """Store backend. `sqlite` is the embedded default (PostgreSQL arrives with scale-out)."""
@@ -40,6 +48,8 @@ class StoreConfig(Strict):
     """SQLite `synchronous` pragma. `full` survives power loss; keep it for clinical data."""
     max_batch: int = Field(default=512, ge=1, le=10_000)
     """Most operations grouped into one commit (group commit bounds)."""
+    encryption: EncryptionConfig | None = None
+    """Encrypt stored payloads (AES-256-GCM); metadata used for search stays in clear."""
     max_size_mb: int = Field(default=0, ge=0)
     """Quota on the database size (0: none). When reached, intake answers AR/nack: senders keep
     their messages and resend, instead of the disk filling up under the engine."""
@@ -59,7 +69,8 @@ class DashboardConfig(Strict):
     session_max_hours: float = Field(default=12.0, gt=0)
     """A session ends this long after login, whatever its use."""
     secure_cookies: Literal["auto", "always", "never"] = "auto"
-    """`Secure` cookie flag: `auto` sets it when the request came over HTTPS (directly or from a local proxy)."""
+    """`Secure` cookie flag: `auto` sets it when the request came over HTTPS (directly or via a local
+    proxy)."""
     login_attempts: int = Field(default=5, ge=1)
     """Failed logins allowed per user name and per client address within `login_window`; then HTTP 429."""
     login_window: float = Field(default=300.0, gt=0)

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from engine.store.base import (
     Store,
     StoredMessage,
 )
+from engine.store.cipher import PayloadCipher
 from engine.store.schema import SCHEMA
 
 Op = Callable[[sqlite3.Connection], Any]
@@ -55,9 +58,15 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
 
 class SqliteStore(Store):
     def __init__(
-        self, path: Path, synchronous: str = "full", max_batch: int = 512, max_bytes: int = 0
+        self,
+        path: Path,
+        synchronous: str = "full",
+        max_batch: int = 512,
+        max_bytes: int = 0,
+        cipher: PayloadCipher | None = None,
     ) -> None:
         self.path = path
+        self.cipher = cipher
         self.max_bytes = max_bytes
         self.synchronous = synchronous
         self.max_batch = max_batch
@@ -181,17 +190,63 @@ class SqliteStore(Store):
 
         return await asyncio.to_thread(run)
 
-    # -- the interface -----------------------------------------------------------------------
+    # -- encryption at rest (engine/store/cipher.py) ------------------------------------------
+
+    def _sealed_intake(self, r: IntakeRecord) -> IntakeRecord:
+        c = self.cipher
+        if c is None:
+            return r
+        return replace(
+            r,
+            raw=c.encrypt(r.raw, "raw") or b"",
+            transformed=c.encrypt(r.transformed, "transformed"),
+            response=c.encrypt(r.response, "response"),
+        )
+
+    def _clear(self, m: StoredMessage) -> StoredMessage:
+        c = self.cipher
+        if c is None:
+            return m
+        return replace(
+            m,
+            raw=c.decrypt(m.raw, "raw") or b"",
+            transformed=c.decrypt(m.transformed, "transformed"),
+            response=c.decrypt(m.response, "response"),
+        )
+
+    async def reencrypt(self, batch: int = 500) -> int:
+        """Move every payload to the active key, one batch per transaction, while the engine runs."""
+        cipher = self.cipher
+        if cipher is None:
+            raise StoreError("encryption is not configured for this store")
+        total = 0
+        for table in REENCRYPTED:
+            cursor = -1
+            while cursor:
+                page = functools.partial(
+                    reencrypt_op, cipher=cipher, table=table, after=max(cursor, 0), batch=batch
+                )
+                step: tuple[int, int] = await self._write(page)
+                cursor, moved = step
+                total += moved
+        return total
+
+    # -- the interface -------------------------------------------------------------------------
 
     async def intake(self, record: IntakeRecord) -> IntakeResult:
+        record = self._sealed_intake(record)
         result: IntakeResult = await self._write(lambda conn: intake_op(conn, record))
         return result
 
     async def processed(self, record: ProcessedRecord) -> tuple[int, ...]:
+        if self.cipher is not None:
+            record = replace(record, transformed=self.cipher.encrypt(record.transformed, "transformed"))
         ids: tuple[int, ...] = await self._write(lambda conn: processed_op(conn, record))
         return ids
 
     async def update_delivery(self, update: DeliveryUpdate) -> None:
+        if self.cipher is not None:
+            update = replace(update, response=self.cipher.encrypt(update.response, "delivery_response"))
         await self._write(lambda conn: update_delivery_op(conn, update))
 
     async def requeue_delivery(self, delivery_id: int) -> PendingDelivery | None:
@@ -204,7 +259,7 @@ class SqliteStore(Store):
             " WHERE channel=? AND status='received' AND id>? ORDER BY id LIMIT ?"
         )
         rows = await self._read(lambda c: c.execute(sql, (channel, after_id, limit)).fetchall())
-        return [StoredMessage(*row) for row in rows]
+        return [self._clear(StoredMessage(*row)) for row in rows]
 
     async def open_deliveries(
         self, channel: str, destination: str, after_id: int, limit: int
@@ -220,7 +275,7 @@ class SqliteStore(Store):
     async def message(self, message_id: int) -> StoredMessage | None:
         sql = f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES_WITH_CONTENT} WHERE id=?"
         row = await self._read(lambda c: c.execute(sql, (message_id,)).fetchone())
-        return StoredMessage(*row) if row else None
+        return self._clear(StoredMessage(*row)) if row else None
 
     async def events(self, message_id: int) -> list[dict[str, Any]]:
         sql = (
@@ -236,9 +291,11 @@ class SqliteStore(Store):
         await self._write(lambda conn: conn.execute(sql, (channel, version, time.time(), content)))
 
     async def channel_versions(self, channel: str) -> list[dict[str, Any]]:
-        sql = ("SELECT v.version, v.loaded_at, v.content, (SELECT count(*) FROM messages m"
-               " WHERE m.channel = v.channel AND m.channel_version = v.version)"
-               " FROM channel_versions v WHERE v.channel=? ORDER BY v.loaded_at DESC, v.rowid DESC")
+        sql = (
+            "SELECT v.version, v.loaded_at, v.content, (SELECT count(*) FROM messages m"
+            " WHERE m.channel = v.channel AND m.channel_version = v.version)"
+            " FROM channel_versions v WHERE v.channel=? ORDER BY v.loaded_at DESC, v.rowid DESC"
+        )
         rows = await self._read(lambda c: c.execute(sql, (channel,)).fetchall())
         return [{"version": r[0], "loaded_at": r[1], "content": r[2], "messages": r[3]} for r in rows]
 
@@ -366,6 +423,33 @@ def requeue_delivery_op(conn: sqlite3.Connection, delivery_id: int) -> PendingDe
         (delivery_id,),
     ).fetchone()
     return PendingDelivery(*found)
+
+
+# table -> (key column, payload columns, the associated data of each column)
+REENCRYPTED = {
+    "contents": ("message_id", ("raw", "transformed", "response"), ("raw", "transformed", "response")),
+    "deliveries": ("id", ("response",), ("delivery_response",)),
+}
+
+
+def reencrypt_op(
+    conn: sqlite3.Connection, cipher: PayloadCipher, table: str, after: int, batch: int
+) -> tuple[int, int]:
+    """Re-encrypt a page of `table` after id `after`: (last id of the page, 0 when done; rows moved)."""
+    key, columns, aads = REENCRYPTED[table]
+    rows = conn.execute(
+        f"SELECT {key}, {', '.join(columns)} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
+        (after, batch),
+    ).fetchall()
+    moved = 0
+    for row_id, *values in rows:
+        if all(cipher.is_current(v) for v in values):
+            continue
+        sealed = [cipher.encrypt(cipher.decrypt(v, aad), aad) for v, aad in zip(values, aads, strict=True)]
+        assignments = ", ".join(f"{c}=?" for c in columns)
+        conn.execute(f"UPDATE {table} SET {assignments} WHERE {key}=?", (*sealed, row_id))
+        moved += 1
+    return (rows[-1][0] if rows else 0), moved
 
 
 def stats_query(conn: sqlite3.Connection) -> dict[str, Any]:

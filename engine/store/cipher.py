@@ -1,0 +1,98 @@
+"""Encryption at rest of stored payloads (AES-256-GCM, `cryptography`).
+
+What is encrypted: every payload the store keeps (raw message, transformed content, the
+answers sent and received). What stays in clear: the metadata the engine and operators search
+and count on (channel, status, control id, sender application, times); none of it is patient
+data. A copied database file (or its WAL) therefore reveals no names, birth dates or ids.
+
+Format of an encrypted value: MAGIC | key id (8 bytes) | nonce (12 bytes) | ciphertext+tag.
+The column name is the associated data, so a payload cannot be moved to another column.
+Values without MAGIC are plaintext (rows stored before encryption was enabled) and are read
+as they are; `passerelle store reencrypt` rewrites them, and rows under old keys, with the
+active key while the engine runs (key rotation without downtime).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from engine.errors import ConfigError, StoreError
+
+MAGIC = b"PSE1"
+KEY_ID_BYTES = 8
+NONCE_BYTES = 12
+HEADER_BYTES = len(MAGIC) + KEY_ID_BYTES + NONCE_BYTES
+
+
+def new_key_file(path: Path) -> None:
+    """Write a fresh random 256-bit key, base64, readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(base64.b64encode(AESGCM.generate_key(bit_length=256)).decode() + "\n")
+
+
+def read_key(path: Path) -> bytes:
+    try:
+        key = base64.b64decode(path.read_text(encoding="ascii").strip(), validate=True)
+    except (OSError, ValueError) as err:
+        raise ConfigError([f"{path}: cannot read the store encryption key: {err}"]) from err
+    if len(key) != 32:
+        raise ConfigError([f"{path}: the store encryption key must be 32 bytes (base64), not {len(key)}"])
+    return key
+
+
+def key_id_bytes(key_id: str) -> bytes:
+    raw = key_id.encode("ascii")
+    if not raw or len(raw) > KEY_ID_BYTES:
+        raise ConfigError(
+            [f"store encryption key id {key_id!r} must be 1 to {KEY_ID_BYTES} ASCII characters"]
+        )
+    return raw.ljust(KEY_ID_BYTES, b"\0")
+
+
+@dataclass
+class PayloadCipher:
+    """Encrypts with the active key; decrypts with whichever known key a value names."""
+
+    keys: dict[bytes, AESGCM]
+    active: bytes
+
+    @classmethod
+    def from_files(cls, keys: dict[str, Path], active: str) -> PayloadCipher:
+        if active not in keys:
+            raise ConfigError([f"the active store encryption key {active!r} is not among the keys"])
+        return cls({key_id_bytes(k): AESGCM(read_key(p)) for k, p in keys.items()}, key_id_bytes(active))
+
+    def encrypt(self, data: bytes | None, column: str) -> bytes | None:
+        if data is None:
+            return None
+        nonce = os.urandom(NONCE_BYTES)
+        sealed = self.keys[self.active].encrypt(nonce, data, column.encode())
+        return MAGIC + self.active + nonce + sealed
+
+    def decrypt(self, data: bytes | None, column: str) -> bytes | None:
+        if data is None or not data.startswith(MAGIC):
+            return data  # stored before encryption was enabled
+        key_id = data[len(MAGIC) : len(MAGIC) + KEY_ID_BYTES]
+        aead = self.keys.get(key_id)
+        if aead is None:
+            name = key_id.rstrip(b"\0").decode("ascii", "replace")
+            raise StoreError(f"a stored payload is encrypted with key {name!r}, which is not configured")
+        nonce = data[len(MAGIC) + KEY_ID_BYTES : HEADER_BYTES]
+        try:
+            return aead.decrypt(nonce, data[HEADER_BYTES:], column.encode())
+        except InvalidTag as err:
+            raise StoreError(
+                f"a stored {column} payload failed its integrity check (tampered or wrong key)"
+            ) from err
+
+    def is_current(self, data: bytes | None) -> bool:
+        """True when the value needs no re-encryption (absent, or under the active key)."""
+        return data is None or data[: len(MAGIC) + KEY_ID_BYTES] == MAGIC + self.active
