@@ -1,0 +1,1 @@
+"""SFTP: a polling source (lab drop folders) and an atomic-write destination."""
