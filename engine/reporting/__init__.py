@@ -1,0 +1,1 @@
+"""Notifiable-disease (DOMI) reporting: catalogue, detection, cases, the feed, aggregates."""

@@ -1,0 +1,103 @@
+"""The engine's reporting jobs (apscheduler, on the engine's event loop), when config/reporting.yaml exists.
+
+- weekly: the previous ISO week's aggregate CSV, written atomically to the configured folder
+  (`domi-aggregate-YYYY-Www.csv`; a re-run rewrites the same file);
+- every `check_interval_seconds`: the overdue-report gauge.
+Both run the blocking SQLite work in a thread; a failure is logged (no patient data) and retried
+at the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from engine.connectors.file.destination import write_synced
+from engine.reporting.aggregates import previous_week, weekly_csv
+from engine.reporting.cases import CaseStore
+from engine.reporting.settings import ReportingSettings, load_settings
+from engine.reporting.status import refresh_overdue
+
+SETTINGS = Path("config/reporting.yaml")
+log = structlog.get_logger("passerelle.reporting")
+
+
+def write_aggregate(root: Path, database: Path, settings: ReportingSettings, week: str) -> Path:
+    folder = root / settings.aggregates.directory
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"domi-aggregate-{week}.csv"
+    temp = folder / f".{target.name}.tmp"
+    write_synced(
+        temp, weekly_csv(CaseStore(database), week, settings.aggregates).encode("utf-8"), 0o640, True
+    )
+    temp.replace(target)
+    return target
+
+
+class ReportingJobs:
+    def __init__(self, root: Path, database: Path, settings: ReportingSettings) -> None:
+        self.root, self.database, self.settings = root, database, settings
+        self.scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
+
+    def start(self) -> ReportingJobs:
+        a, t = self.settings.aggregates, self.settings.timeliness
+        if a.enabled:
+            self.scheduler.add_job(
+                self.aggregate,
+                "cron",
+                day_of_week=a.day_of_week,
+                hour=a.hour,
+                minute=a.minute,
+                id="domi-weekly-aggregate",
+                coalesce=True,
+                misfire_grace_time=6 * 3600,
+            )
+        self.scheduler.add_job(
+            self.timeliness,
+            "interval",
+            seconds=t.check_interval_seconds,
+            id="domi-timeliness",
+            coalesce=True,
+            max_instances=1,
+        )
+        self.scheduler.start()
+        return self
+
+    async def aggregate(self, week: str = "") -> Path | None:
+        week = week or previous_week(time.time())
+        try:
+            path = await asyncio.to_thread(write_aggregate, self.root, self.database, self.settings, week)
+        except Exception as err:  # kept running: the next run retries
+            log.error("reporting_aggregate_failed", week=week, error=type(err).__name__)
+            return None
+        log.info("reporting_aggregate_written", week=week)
+        return path
+
+    async def timeliness(self) -> None:
+        try:
+            await asyncio.to_thread(
+                refresh_overdue, self.database, self.settings.timeliness.alert_after_seconds
+            )
+        except Exception as err:  # the database may be busy: next interval
+            log.warning("reporting_timeliness_failed", error=type(err).__name__)
+
+    def stop(self) -> None:
+        self.scheduler.shutdown(wait=False)
+
+
+def start_reporting_jobs(root: Path, store: Any) -> ReportingJobs | None:
+    """Start the jobs if `root/config/reporting.yaml` exists (else None). Call on the engine's loop."""
+    path = root / SETTINGS
+    if not path.exists():
+        return None
+    settings = load_settings(path)
+    database = root / settings.database if settings.database else getattr(store, "path", None)
+    if not isinstance(database, Path):
+        log.warning("reporting_jobs_disabled", reason="no SQLite database for the cases")
+        return None
+    return ReportingJobs(root, database, settings).start()
