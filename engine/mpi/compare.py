@@ -1,0 +1,198 @@
+"""Multi-level comparisons of record pairs, vectorised over all pairs at once.
+
+`levels(q, r, qi, ri)` compares query row `qi[k]` with register row `ri[k]` for every k and
+returns an int8 matrix (pairs x FIELDS): 0 is the strongest agreement, higher levels weaker,
+the last level disagreement, and -1 "missing on either side" (which weighs nothing). String
+similarities are Jaro-Winkler (rapidfuzz, in C, one call per field for all pairs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from rapidfuzz.distance import JaroWinkler
+from rapidfuzz.process import cpdist
+
+from engine.mpi.columns import Columns
+
+# Field name -> level labels (last = disagreement). The order is the column order of `levels`.
+FIELDS: dict[str, tuple[str, ...]] = {
+    "family": ("exact", "jw>=0.95", "jw>=0.88", "phonetic", "different"),
+    "given": ("exact", "first given name", "jw>=0.92", "jw>=0.80 or phonetic", "different"),
+    "birth_date": ("exact", "day/month swapped", "one digit or transposition", "two of y/m/d", "different"),
+    "sex": ("same", "different"),
+    "matricule": ("same", "different"),
+    "house_number": ("same", "different"),
+    "street": ("exact", "jw>=0.92", "jw>=0.80", "different"),
+    "city": ("exact", "jw>=0.90", "different"),
+    "postcode": ("exact", "one digit or transposition", "different"),
+}
+FIELD_NAMES = tuple(FIELDS)
+FIELD_INDEX = {name: i for i, name in enumerate(FIELD_NAMES)}
+
+Ints = npt.NDArray[np.intp]
+Levels = npt.NDArray[np.int8]
+Floats = npt.NDArray[np.float64]
+
+
+def jw(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> Floats:
+    """Jaro-Winkler similarity of a[k] and b[k] for every k."""
+    if len(a) == 0:
+        return np.zeros(0)
+    return np.asarray(
+        cpdist(a.tolist(), b.tolist(), scorer=JaroWinkler.normalized_similarity, workers=1), dtype=np.float64
+    )
+
+
+def _missing(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic]) -> npt.NDArray[np.bool_]:
+    result: npt.NDArray[np.bool_] = (a == b"") | (b == b"")
+    return result
+
+
+def _grade(sim: Floats, exact: npt.NDArray[np.bool_], cuts: tuple[float, ...]) -> Levels:
+    """Level 0 exact, then one level per similarity cut, then disagreement."""
+    out = np.full(len(sim), len(cuts) + 1, dtype=np.int8)
+    for level in range(len(cuts), 0, -1):
+        out[sim >= cuts[level - 1]] = level
+    out[exact] = 0
+    return out
+
+
+def _best_name(
+    pairs: list[tuple[npt.NDArray[np.generic], npt.NDArray[np.generic]]],
+) -> tuple[Floats, npt.NDArray[np.bool_]]:
+    """Best similarity over several (query, register) name pairings; missing pairings ignored."""
+    best = np.full(len(pairs[0][0]), -1.0)
+    for a, b in pairs:
+        sim = jw(a, b)
+        sim[_missing(a, b)] = -1.0
+        best = np.maximum(best, sim)
+    return best, best < 0
+
+
+def family_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
+    """Name in use and birth name of either side, whichever pairing agrees best."""
+    qf, qb, rf, rb = q["family"][qi], q["birth"][qi], r["family"][ri], r["birth"][ri]
+    sim, missing = _best_name([(qf, rf), (qf, rb), (qb, rf), (qb, rb)])
+    out = _grade(sim, sim >= 1.0, (0.95, 0.88))
+    qp, qpb, rp, rpb = q["p_family"][qi], q["p_birth"][qi], r["p_family"][ri], r["p_birth"][ri]
+    phon = ((qp == rp) & (qp != b"")) | ((qp == rpb) & (qp != b"")) | ((qpb == rp) & (qpb != b""))
+    out[(out == 3) & phon] = 3
+    out[(out == 3) & ~phon] = 4
+    out[missing] = -1
+    return out
+
+
+def given_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
+    qg, rg = q["given"][qi], r["given"][ri]
+    sim = jw(qg, rg)
+    out = _grade(sim, qg == rg, (2.0, 0.92, 0.80))  # level 1 is set below, never by similarity
+    first = (q["given1"][qi] == r["given1"][ri]) & (out > 0)
+    out[first] = 1
+    phon = (q["p_given"][qi] == r["p_given"][ri]) & (out == 4)
+    out[phon] = 3
+    out[_missing(qg, rg)] = -1
+    return out
+
+
+def swap_day_month(dob: npt.NDArray[np.int32]) -> npt.NDArray[np.int64]:
+    d = dob.astype(np.int64)
+    return (d // 10000) * 10000 + (d % 100) * 100 + (d // 100) % 100
+
+
+def _digits(d: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    return np.stack([(d // 10**k) % 10 for k in range(7, -1, -1)], axis=1)
+
+
+def one_typo(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+    """Same digit strings but for one digit, or two adjacent digits transposed."""
+    da, db = _digits(a), _digits(b)
+    diff = da != db
+    count = diff.sum(axis=1)
+    swapped = (da[:, :-1] == db[:, 1:]) & (da[:, 1:] == db[:, :-1]) & diff[:, :-1]
+    result: npt.NDArray[np.bool_] = (count == 1) | ((count == 2) & swapped.any(axis=1))
+    return result
+
+
+def date_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
+    a = q["dob"][qi].astype(np.int64)
+    b = r["dob"][ri].astype(np.int64)
+    ya, ma, da = a // 10000, (a // 100) % 100, a % 100
+    yb, mb, db = b // 10000, (b // 100) % 100, b % 100
+    out = np.full(len(a), 4, dtype=np.int8)
+    two = ((ya == yb).astype(int) + (ma == mb) + (da == db)) >= 2
+    out[two] = 3
+    out[one_typo(a, b)] = 2
+    out[(swap_day_month(a.astype(np.int32)) == b) & (ma != da)] = 1
+    unknown_part = ((ma == 0) | (da == 0) | (mb == 0) | (db == 0)) & (ya == yb)
+    out[unknown_part & ((ma == mb) | (ma == 0) | (mb == 0))] = 3  # partial dates agree at most partially
+    out[a == b] = 0
+    out[(a == 0) | (b == 0)] = -1
+    return out
+
+
+def _equal_levels(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic], empty: object) -> Levels:
+    out = np.where(a == b, 0, 1).astype(np.int8)
+    out[(a == empty) | (b == empty)] = -1
+    return out
+
+
+def street_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
+    qs, q2, rs, r2 = q["street"][qi], q["street2"][qi], r["street"][ri], r["street2"][ri]
+    sim, missing = _best_name([(qs, rs), (qs, r2), (q2, rs)])
+    out = _grade(sim, sim >= 1.0, (0.92, 0.80))
+    out[missing] = -1
+    return out
+
+
+def city_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
+    a, b = q["city"][qi], r["city"][ri]
+    out = _grade(jw(a, b), a == b, (0.90,))
+    out[_missing(a, b)] = -1
+    return out
+
+
+def postcode_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
+    a: npt.NDArray[np.bytes_] = q["postcode"][qi]  # type: ignore[assignment]
+    b: npt.NDArray[np.bytes_] = r["postcode"][ri]  # type: ignore[assignment]
+    out = np.full(len(a), 2, dtype=np.int8)
+    numeric = np.char.isdigit(a) & np.char.isdigit(b) & (np.char.str_len(a) == np.char.str_len(b))
+    numeric &= np.char.str_len(a) <= 8
+    if numeric.any():
+        ia = np.where(numeric, a, b"0").astype(np.int64)
+        ib = np.where(numeric, b, b"0").astype(np.int64)
+        out[numeric & one_typo(ia, ib)] = 1
+    out[a == b] = 0
+    out[_missing(a, b)] = -1
+    return out
+
+
+def levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
+    """The comparison matrix (pairs x FIELDS) of query rows qi against register rows ri."""
+    cols = [
+        family_levels(q, r, qi, ri),
+        given_levels(q, r, qi, ri),
+        date_levels(q, r, qi, ri),
+        _equal_levels(q["sex"][qi], r["sex"][ri], 0),
+        _equal_levels(q["matricule"][qi], r["matricule"][ri], b""),
+        _equal_levels(q["house"][qi], r["house"][ri], b""),
+        street_levels(q, r, qi, ri),
+        city_levels(q, r, qi, ri),
+        postcode_levels(q, r, qi, ri),
+    ]
+    out = np.stack(cols, axis=1) if len(qi) else np.zeros((0, len(FIELDS)), dtype=np.int8)
+    _name_swap(q, r, qi, ri, out)
+    return out
+
+
+def _name_swap(q: Columns, r: Columns, qi: Ints, ri: Ints, out: Levels) -> None:
+    """Family and given names entered the wrong way round agree at the 'near' level."""
+    weak = (out[:, 0] >= 3) & (out[:, 1] >= 3)
+    if not weak.any():
+        return
+    k = np.flatnonzero(weak)
+    a = jw(q["family"][qi[k]], r["given"][ri[k]])
+    b = jw(q["given"][qi[k]], r["family"][ri[k]])
+    swapped = k[(a >= 0.92) & (b >= 0.92)]
+    out[swapped, 0] = 1
+    out[swapped, 1] = 2

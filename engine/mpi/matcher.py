@@ -1,0 +1,146 @@
+"""Matching: deterministic fast path, then blocking + Fellegi-Sunter scoring + guards.
+
+`Matcher.decide(queries)` decides a whole batch at once: candidate pairs from the blocking
+index, one vectorised comparison and scoring pass over all pairs, then per query the best and
+second-best candidates, guard rules and thresholds:
+  linked   score >= link threshold, no guard fired (or an equal valid matricule with a
+           consistent birth date and sex: deterministic, whatever the score)
+  review   score >= review threshold but not linkable, or the query is malformed/incomplete
+  new      nothing scores as high as the review threshold
+The known-local-id fast path lives in the service (it needs storage).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from engine.mpi.blocking import query_keys, record_dicts
+from engine.mpi.columns import Columns
+from engine.mpi.compare import FIELD_INDEX, levels
+from engine.mpi.guards import guard_reasons
+from engine.mpi.index import RegisterIndex
+from engine.mpi.scoring import Scorer
+
+TOP = 5  # candidates kept with a decision (shown in review)
+DOB, SEX, MATRICULE = FIELD_INDEX["birth_date"], FIELD_INDEX["sex"], FIELD_INDEX["matricule"]
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    link: float = 20.0
+    """Score (log2 Bayes factor) from which the best candidate is linked automatically."""
+    review: float = 6.0
+    """Score from which a candidate is worth a human look; below it the identity is `new`."""
+    margin: float = 8.0
+    """Minimum lead of the best over the second-best candidate for an automatic link (bits)."""
+    given_must_agree: bool = False
+    """Also refuse automatic links when the given names disagree completely."""
+    clear_lead: float = 5.0
+    """Below link + clear_lead, an automatic link also needs 3 strongly agreeing traits."""
+
+
+@dataclass
+class Candidate:
+    identity_id: int
+    score: float
+    levels: list[int]
+    twin: bool = False
+
+
+@dataclass
+class Decision:
+    outcome: str  # linked | review | new
+    identity_id: int | None = None
+    score: float = 0.0
+    second: float | None = None
+    method: str = ""  # matricule | probabilistic | local-id | manual
+    reasons: list[str] = field(default_factory=list)
+    candidates: list[Candidate] = field(default_factory=list)
+
+
+class Matcher:
+    def __init__(self, index: RegisterIndex, scorer: Scorer, thresholds: Thresholds) -> None:
+        self.index = index
+        self.scorer = scorer
+        self.thresholds = thresholds
+
+    def pairs(self, q: Columns) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """All (query row, register row) candidate pairs from blocking."""
+        qi: list[npt.NDArray[np.intp]] = []
+        ri: list[npt.NDArray[np.intp]] = []
+        for i, record in enumerate(record_dicts(q)):
+            rows = self.index.candidates(query_keys(record))
+            qi.append(np.full(len(rows), i, dtype=np.intp))
+            ri.append(rows)
+        if not ri:
+            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+        return np.concatenate(qi), np.concatenate(ri)
+
+    def decide(
+        self, q: Columns, problems: Sequence[list[str]] = (), excluded: Sequence[set[int]] = ()
+    ) -> list[Decision]:
+        """One decision per query row; `excluded[i]`: identity ids known to be other people."""
+        index = self.index
+        qi, ri = self.pairs(q)
+        lv = levels(q, index.cols, qi, ri)
+        scores = self.scorer.score(lv, index.family_freq[ri])
+        order = np.lexsort((-scores, qi))
+        starts = np.searchsorted(qi[order], np.arange(len(q) + 1))
+        twins = index.cols["twin"]
+        decisions = []
+        for i in range(len(q)):
+            sel = order[starts[i] : starts[i + 1]][: TOP + 8]
+            found = [
+                Candidate(int(index.ids[ri[k]]), float(scores[k]), lv[k].tolist(), bool(twins[ri[k]]))
+                for k in sel
+            ]
+            if i < len(excluded) and excluded[i]:
+                found = [c for c in found if c.identity_id not in excluded[i]]
+            decisions.append(
+                self.decide_one(
+                    found[:TOP], bool(q["twin"][i]), list(problems[i]) if i < len(problems) else []
+                )
+            )
+        return decisions
+
+    def decide_one(self, found: list[Candidate], query_twin: bool, problems: list[str]) -> Decision:
+        """Decision from the ranked candidates of one query (best first)."""
+        t = self.thresholds
+        if not found:
+            return Decision("review" if problems else "new", reasons=problems)
+        sure = _deterministic(found)
+        best = sure or found[0]
+        rest = [c.score for c in found if c is not best]
+        second = rest[0] if rest else None
+        decision = Decision(
+            "review", None, best.score, second, "matricule" if sure else "probabilistic", problems, found
+        )
+        if sure is None and best.score < t.review and not problems:
+            decision.outcome = "new"
+            return decision
+        margin = None if sure or second is None else best.score - second
+        decision.reasons += guard_reasons(
+            best.levels,
+            query_twin,
+            best.twin,
+            margin,
+            t.margin,
+            t.given_must_agree,
+            best.score >= t.link + t.clear_lead,
+        )
+        if not decision.reasons and (sure is not None or best.score >= t.link):
+            decision.outcome, decision.identity_id = "linked", best.identity_id
+        return decision
+
+
+def _deterministic(found: list[Candidate]) -> Candidate | None:
+    """The one candidate with an equal valid matricule, consistent birth date and sex, if any."""
+    same = [c for c in found if c.levels[MATRICULE] == 0]
+    if len(same) != 1:
+        return None
+    c = same[0]
+    return c if c.levels[DOB] in (0, -1) and c.levels[SEX] != 1 else None

@@ -1,0 +1,160 @@
+"""MPI tables in the engine's database file (prefix `mpi_`), on our own sqlite3 connections.
+
+WAL journal so readers never wait for the engine's writer; every write is one
+`BEGIN IMMEDIATE` transaction (with a busy timeout) so a decision, its history and its audit
+record commit together or not at all. The engine's own tables are never touched here.
+
+Tables: mpi_identity (certified identities; `traits` is the display form, `norm` the
+normalized form the in-memory index is built from), mpi_facility (facility identities: local id
++ assigning authority), mpi_link (facility -> certified, with score, method and evidence; ended
+links are kept), mpi_review (review items), mpi_distinct ("these are different people"),
+mpi_history (link history), mpi_audit (who, when, why), mpi_weights, mpi_meta, mpi_delta.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS mpi_identity (
+  id INTEGER PRIMARY KEY, enterprise_id TEXT NOT NULL UNIQUE, register_key TEXT NOT NULL UNIQUE,
+  matricule TEXT NOT NULL DEFAULT '', status TEXT NOT NULL DEFAULT 'active', merged_into INTEGER,
+  traits TEXT NOT NULL, norm TEXT NOT NULL, updated_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS mpi_identity_matricule ON mpi_identity(matricule) WHERE matricule != '';
+CREATE TABLE IF NOT EXISTS mpi_facility (
+  id INTEGER PRIMARY KEY, authority TEXT NOT NULL, local_id TEXT NOT NULL, traits TEXT NOT NULL,
+  status TEXT NOT NULL, merged_into INTEGER, updated_at REAL NOT NULL, UNIQUE(authority, local_id));
+CREATE TABLE IF NOT EXISTS mpi_link (
+  id INTEGER PRIMARY KEY, facility_id INTEGER NOT NULL, identity_id INTEGER NOT NULL, score REAL,
+  method TEXT NOT NULL, evidence TEXT NOT NULL, created_at REAL NOT NULL, created_by TEXT NOT NULL,
+  active INTEGER NOT NULL DEFAULT 1, ended_at REAL, ended_by TEXT, end_reason TEXT);
+CREATE INDEX IF NOT EXISTS mpi_link_facility ON mpi_link(facility_id) WHERE active = 1;
+CREATE INDEX IF NOT EXISTS mpi_link_identity ON mpi_link(identity_id) WHERE active = 1;
+CREATE TABLE IF NOT EXISTS mpi_review (
+  id INTEGER PRIMARY KEY, facility_id INTEGER NOT NULL, status TEXT NOT NULL, reasons TEXT NOT NULL,
+  candidates TEXT NOT NULL, score REAL, created_at REAL NOT NULL, decided_at REAL, decided_by TEXT,
+  decision_reason TEXT);
+CREATE INDEX IF NOT EXISTS mpi_review_open ON mpi_review(status, id);
+CREATE INDEX IF NOT EXISTS mpi_review_facility ON mpi_review(facility_id);
+CREATE TABLE IF NOT EXISTS mpi_distinct (
+  facility_id INTEGER NOT NULL, identity_id INTEGER NOT NULL, created_at REAL NOT NULL,
+  created_by TEXT NOT NULL, reason TEXT NOT NULL, PRIMARY KEY (facility_id, identity_id));
+CREATE TABLE IF NOT EXISTS mpi_history (
+  id INTEGER PRIMARY KEY, at REAL NOT NULL, action TEXT NOT NULL, facility_id INTEGER,
+  identity_id INTEGER, other_id INTEGER, user TEXT NOT NULL, reason TEXT NOT NULL, details TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS mpi_history_identity ON mpi_history(identity_id);
+CREATE TABLE IF NOT EXISTS mpi_audit (
+  id INTEGER PRIMARY KEY, at REAL NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL,
+  subject TEXT NOT NULL, reason TEXT NOT NULL, details TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mpi_weights (
+  id INTEGER PRIMARY KEY, created_at REAL NOT NULL, weights TEXT NOT NULL, active INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS mpi_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS mpi_delta (
+  filename TEXT PRIMARY KEY, sha256 TEXT NOT NULL, applied_at REAL NOT NULL, rows INTEGER NOT NULL);
+"""
+
+
+class Storage:
+    """One connection shared by the threads of this process (serialised by a lock)."""
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.conn = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
+        )
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.lock = threading.RLock()
+        self._create()
+
+    def _create(self) -> None:
+        with self.lock:
+            self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE): committed on success, rolled back on error."""
+        with self.lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return self.conn.execute(sql, params).fetchall()
+
+    def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        with self.lock:
+            row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
+            return row
+
+    def close(self) -> None:
+        with self.lock:
+            self.conn.close()
+
+    # -- meta ----------------------------------------------------------------------------------
+
+    def meta(self, key: str, default: str = "") -> str:
+        row = self.one("SELECT value FROM mpi_meta WHERE key = ?", (key,))
+        return str(row[0]) if row else default
+
+    @staticmethod
+    def set_meta(c: sqlite3.Connection, key: str, value: str) -> None:
+        c.execute(
+            "INSERT INTO mpi_meta(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @staticmethod
+    def bump_register_version(c: sqlite3.Connection) -> None:
+        row = c.execute("SELECT value FROM mpi_meta WHERE key = 'register_version'").fetchone()
+        Storage.set_meta(c, "register_version", str(int(row[0]) + 1 if row else 1))
+
+    def register_version(self) -> int:
+        return int(self.meta("register_version", "0"))
+
+
+def audit(
+    c: sqlite3.Connection,
+    user: str,
+    action: str,
+    subject: str,
+    reason: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """One audit record: who, when, what, why. Written in the caller's transaction."""
+    c.execute(
+        "INSERT INTO mpi_audit(at, user, action, subject, reason, details) VALUES (?, ?, ?, ?, ?, ?)",
+        (time.time(), user, action, subject, reason, json.dumps(details or {}, sort_keys=True)),
+    )
+
+
+def history(
+    c: sqlite3.Connection,
+    action: str,
+    user: str,
+    reason: str,
+    facility_id: int | None = None,
+    identity_id: int | None = None,
+    other_id: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    c.execute(
+        "INSERT INTO mpi_history(at, action, facility_id, identity_id, other_id, user, reason, details) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (time.time(), action, facility_id, identity_id, other_id, user, reason, json.dumps(details or {})),
+    )

