@@ -128,3 +128,87 @@ def location(el: etree._Element) -> str:
         steps.append(f"{prefix}{q.localname}[{len(same) + 1}]")
         node = node.getparent()
     return "/" + "/".join(reversed(steps))
+
+
+@dataclass(frozen=True)
+class CdaMetadata:
+    """What a document registry needs from a CDA header (holds patient ids: never log it).
+
+    Ids are `root^extension` (`root` alone when there is no extension). `patient_ids` are
+    (root, extension) pairs of recordTarget/patientRole/id; `replaces` is the parentDocument id
+    of a `relatedDocument typeCode="RPLC"` ('' when the document replaces nothing).
+    """
+
+    document_id: str
+    set_id: str
+    version: int
+    replaces: str
+    type_code: str
+    type_system: str
+    type_name: str
+    title: str
+    effective_time: str
+    confidentiality: str
+    patient_ids: tuple[tuple[str, str], ...]
+    author: str
+    author_organization: str
+    custodian: str
+
+
+def instance_id(el: etree._Element | None) -> str:
+    """An II element as `root^extension` ('' when absent or null-flavoured)."""
+    if el is None or not el.get("root"):
+        return ""
+    extension = el.get("extension", "")
+    return f"{el.get('root')}^{extension}" if extension else str(el.get("root"))
+
+
+def _text(root: etree._Element, path: str) -> str:
+    found = root.find(path, NS)
+    return " ".join("".join(found.itertext()).split()) if found is not None else ""
+
+
+def _version(root: etree._Element) -> int:
+    value = _attr(root, "cda:versionNumber", "value")
+    return int(value) if value.isdigit() else 1
+
+
+def _replaced(root: etree._Element) -> str:
+    for related in root.findall("cda:relatedDocument", NS):
+        if related.get("typeCode") == "RPLC":
+            return instance_id(related.find("cda:parentDocument/cda:id", NS))
+    return ""
+
+
+def _patient_ids(root: etree._Element) -> tuple[tuple[str, str], ...]:
+    ids = root.findall("cda:recordTarget/cda:patientRole/cda:id", NS)
+    return tuple((i.get("root", ""), i.get("extension", "")) for i in ids if i.get("root"))
+
+
+def metadata(tree: etree._ElementTree) -> CdaMetadata:
+    """The registry metadata of a CDA document; ParseError when it is not a CDA document or has
+    no usable unique id (the one thing a registry cannot do without)."""
+    if not is_cda(tree):
+        raise ParseError("not a CDA document: the root element is not {urn:hl7-org:v3}ClinicalDocument")
+    root = tree.getroot()
+    document_id = instance_id(root.find("cda:id", NS))
+    if not document_id:
+        raise ParseError("the CDA document has no unique id (ClinicalDocument/id with a root)")
+    author = "cda:author/cda:assignedAuthor"
+    return CdaMetadata(
+        document_id=document_id,
+        set_id=instance_id(root.find("cda:setId", NS)) or document_id,
+        version=_version(root),
+        replaces=_replaced(root),
+        type_code=_attr(root, "cda:code", "code"),
+        type_system=_attr(root, "cda:code", "codeSystem"),
+        type_name=_attr(root, "cda:code", "displayName"),
+        title=_text(root, "cda:title"),
+        effective_time=_attr(root, "cda:effectiveTime", "value"),
+        confidentiality=_attr(root, "cda:confidentialityCode", "code"),
+        patient_ids=_patient_ids(root),
+        author=instance_id(root.find(f"{author}/cda:id", NS)),
+        author_organization=_text(root, f"{author}/cda:representedOrganization/cda:name"),
+        custodian=instance_id(root.find(
+            "cda:custodian/cda:assignedCustodian/cda:representedCustodianOrganization/cda:id", NS)),
+    )

@@ -1,0 +1,1 @@
+"""The DSP document store: a registry (metadata rows) and a repository (content-addressed blobs)."""
