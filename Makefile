@@ -14,7 +14,10 @@ $(INSTALLED): setup.cfg pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
-run: $(INSTALLED)
+config/tls/dev-ca.pem:  # development certificates of the example channels (secure mail)
+	scripts/make-dev-certs.sh
+
+run: $(INSTALLED) config/tls/dev-ca.pem
 	$(BIN)/passerelle check --config config/engine.yaml
 	$(BIN)/passerelle run --config config/engine.yaml
 
@@ -36,6 +39,13 @@ schema: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/mllp_ingest.py
+
+# Coverage-guided fuzzing of every parser (RUNS inputs each; see RELIABILITY.md).
+RUNS ?= 1000000
+FUZZ_TARGETS := mllp_framing hl7_parser hl7_ack cda_xml dicom_manifest sftp_batch channel_yaml
+fuzz: $(INSTALLED)
+	$(BIN)/python -m pip install -q -e '.[fuzz]'
+	for t in $(FUZZ_TARGETS); do $(BIN)/python -m tests.fuzz.run $$t --runs $(RUNS) || exit 1; done
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache

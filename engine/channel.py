@@ -5,23 +5,29 @@ steps run first and the message, its verdict, the answer to the sender and its d
 committed together. With `received` the message is committed first (status `received`) and
 a pipeline runs the steps afterwards; a restart re-runs the steps of every message still
 `received` (steps are pure, so running them again is safe).
+
+With a store shared by several processes the pipeline reloads by claim scans, repeated every
+`store.rescan_interval` (a dead worker's `received` messages), and only deliveries this worker
+owns are handed to its queues (store/base.py: `NOT_OWNED`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 
 import structlog
 
 from engine import metrics
-from engine.config import ChannelSpec
+from engine.config import ChannelSpec, RouteCondition
 from engine.contracts import Intake, Receipt, Source, Step, Verdict
-from engine.dispatch import DestinationQueue, LoadMessage
+from engine.dispatch import DestinationQueue, LoadMessage, rescan_every
 from engine.errors import Filtered, Finding, ParseError, Rejected, StoreError
 from engine.feed import Feed
 from engine.message import HL7V2, Message, SourceMeta
 from engine.store.base import (
+    NOT_OWNED,
     IntakeRecord,
     IntakeResult,
     NewDelivery,
@@ -58,6 +64,9 @@ class Channel:
         self.pipeline: Feed[Message] = Feed(PIPELINE_MEMORY, self._reload_unprocessed)
         self._waiters: dict[int, asyncio.Future[Verdict]] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._rescans: asyncio.Task[None] | None = None
+        self._conditions = {d.name: d.when for d in spec.destinations}
+        self._step_conditions = [s.when for s in spec.steps]
         self._accepting = 0
         self._drained = asyncio.Event()
         self._drained.set()
@@ -76,6 +85,8 @@ class Channel:
         for queue in self.queues:
             queue.start()
         self._tasks = [asyncio.create_task(self._pipeline_worker()) for _ in range(PIPELINE_WORKERS)]
+        if self.store.shared:
+            self._rescans = asyncio.create_task(rescan_every(self.store.rescan_interval, self.pipeline))
 
     async def stop_intake(self) -> None:
         await self.source.stop()
@@ -87,6 +98,8 @@ class Channel:
     async def stop_pipeline(self, timeout: float) -> None:
         """Finish the step runs in flight; messages not yet taken stay `received` in the store."""
         self.pipeline.close()
+        if self._rescans is not None:
+            self._rescans.cancel()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
@@ -132,7 +145,7 @@ class Channel:
         if result.conflict:
             return await self._accept_conflict(intake)
         message.id = result.message_id
-        return self._hand_over(message, verdict, response, result)
+        return self._hand_over(message, verdict, response, result, deliveries)
 
     def _judge(self, intake: Intake, message: Message) -> tuple[Verdict, list[NewDelivery]]:
         if intake.problem is not None:
@@ -174,6 +187,7 @@ class Channel:
             response=response,
             deliveries=deliveries,
             dedup=dedup,
+            vars=encode_vars(message.vars),
         )
 
     def _replay(self, intake: Intake, result: IntakeResult) -> Receipt:
@@ -201,7 +215,12 @@ class Channel:
         return self._hand_over(message, verdict, response, result)
 
     def _hand_over(
-        self, message: Message, verdict: Verdict, response: bytes | None, result: IntakeResult
+        self,
+        message: Message,
+        verdict: Verdict,
+        response: bytes | None,
+        result: IntakeResult,
+        deliveries: list[NewDelivery] | None = None,
     ) -> Receipt:
         done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self.meter.stored(verdict.status)
@@ -210,23 +229,25 @@ class Channel:
             self.pipeline.push(result.message_id, message)
         else:
             done.set_result(verdict)
-            self._offer(message, result.delivery_ids)
+            self._offer(message, deliveries or [], result.delivery_ids)
         return Receipt(result.message_id, verdict, response, processed=done)
 
-    def _offer(self, message: Message, delivery_ids: tuple[int, ...]) -> None:
-        """Hand created deliveries (one per queue, in queue order; none when not queued) to the queues."""
-        if not delivery_ids:
-            return
-        for queue, delivery_id in zip(self.queues, delivery_ids, strict=True):
-            queue.offer(delivery_id, message, order_key(message, queue.config.order_by))
+    def _offer(self, message: Message, deliveries: list[NewDelivery], delivery_ids: tuple[int, ...]) -> None:
+        """Hand the deliveries just created (ids in the order of `deliveries`) to their queues."""
+        queues = {q.name: q for q in self.queues}
+        for delivery, delivery_id in zip(deliveries, delivery_ids, strict=True):
+            if delivery_id == NOT_OWNED:
+                continue  # another worker owns this order key's earlier deliveries: its claim scan
+            queues[delivery.destination].offer(delivery_id, message, delivery.order_key)
 
     # -- steps ---------------------------------------------------------------------------------
 
     def process(self, message: Message) -> tuple[Verdict, list[NewDelivery]]:
         """Run the steps; the verdict and the deliveries to create. Never raises."""
         try:
-            for step in self.steps:
-                message = step(message)
+            for step, when in zip(self.steps, self._step_conditions, strict=True):
+                if routed(when, message):
+                    message = step(message)
             message.content()
         except Filtered as err:
             return Verdict("AA", "filtered", (Finding(str(err), code="", severity="I"),)), []
@@ -240,17 +261,21 @@ class Channel:
             return Verdict("AR", "rejected", (Finding(text, code="207"),)), []
         finally:
             message.forget_parse()  # queued messages keep their bytes, not the parsed view
-        deliveries = [NewDelivery(q.name, order_key(message, q.config.order_by)) for q in self.queues]
-        status = "queued" if deliveries else "sent"  # no destination: processing is the whole job
+        deliveries = [
+            NewDelivery(q.name, order_key(message, q.config.order_by))
+            for q in self.queues
+            if routed(self._conditions.get(q.name), message)
+        ]
+        status = "queued" if deliveries else "sent"  # no destination wanted it: processing was the job
         return Verdict("AA", status, tuple(message.findings)), deliveries
 
     async def _pipeline_worker(self) -> None:
         while (message := await self.pipeline.get()) is not None:
             try:
                 await self._run_pipeline(message)
-            except StoreError:
+            except StoreError as err:
                 # The message stays `received` in the store; try again later, never drop it.
-                log.error("pipeline_store_failed", channel=self.name, message=message.id)
+                log.error("pipeline_store_failed", channel=self.name, message=message.id, error=str(err))
                 await asyncio.sleep(STORE_RETRY_SECONDS)
                 self.pipeline.push_urgent(message)
 
@@ -258,18 +283,26 @@ class Channel:
         verdict, deliveries = self.process(message)
         assert message.id is not None
         transformed = message.content() if message.transformed() else None
-        record = ProcessedRecord(message.id, self.name, verdict.status, findings_to_json(verdict.findings),
-                                 transformed, deliveries, verdict.code)
+        record = ProcessedRecord(
+            message.id,
+            self.name,
+            verdict.status,
+            findings_to_json(verdict.findings),
+            transformed,
+            deliveries,
+            verdict.code,
+            vars=encode_vars(message.vars),
+        )
         ids = await self.store.processed(record)
         self.meter.processed(verdict.status)
         self.pipeline.done(message.id)
-        self._offer(message, ids)
+        self._offer(message, deliveries, ids)
         waiter = self._waiters.pop(message.id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(verdict)
 
     async def _reload_unprocessed(self, after_id: int, limit: int) -> list[tuple[int, Message]]:
-        rows = await self.store.unprocessed(self.name, after_id, limit)
+        rows = await self.store.claim_unprocessed(self.name, after_id, limit)
         return [(row.id, message_from_row(row, self.charset)) for row in rows]
 
     @property
@@ -312,4 +345,14 @@ def message_from_row(row: StoredMessage, charset: str = "") -> Message:
         sender=row.sender,
         charset=charset,
         body=row.transformed,
+        vars=json.loads(row.vars) if row.vars else {},
     )
+
+
+def encode_vars(variables: dict[str, str]) -> bytes | None:
+    """Routing variables as stored with the payloads (they may hold patient traits)."""
+    return json.dumps(variables, ensure_ascii=False).encode() if variables else None
+
+
+def routed(condition: RouteCondition | None, message: Message) -> bool:
+    return condition is None or condition.holds(message.vars)

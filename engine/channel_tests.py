@@ -248,9 +248,13 @@ def normalise(text: str) -> str:
 def hl7_failures(name: str, payload: bytes, paths: dict[str, str]) -> list[str]:
     if not paths:
         return []
+    from engine.errors import ParseError
     from engine.formats.hl7v2 import parse
 
-    message = parse(payload)
+    try:
+        message = parse(payload)
+    except ParseError as err:
+        return [f"{name}: the payload is not HL7 v2 ({err})"]
     return [
         f"{name}: {path} is {message.get(path)!r}, expected {value!r}"
         for path, value in paths.items()
@@ -261,9 +265,13 @@ def hl7_failures(name: str, payload: bytes, paths: dict[str, str]) -> list[str]:
 def xpath_failures(name: str, payload: bytes, paths: dict[str, str]) -> list[str]:
     if not paths:
         return []
+    from engine.errors import ParseError
     from engine.formats.cda import parse_xml
 
-    tree = parse_xml(payload)
+    try:
+        tree = parse_xml(payload)
+    except ParseError as err:
+        return [f"{name}: the payload is not XML ({err})"]
     failures = []
     for path, value in paths.items():
         found = tree.xpath(f"string({path})", namespaces=XML_NAMESPACES)

@@ -1,6 +1,6 @@
 """`passerelle` command line (also `python run_engine.py`).
 
-passerelle run      [--config config/engine.yaml]   run the engine until SIGTERM
+passerelle run      [--config config/engine.yaml] [--workers N]   run the engine until SIGTERM
 passerelle check    [--config ...]                  validate engine.yaml and every channel
 passerelle stats    [--config ...] [--json]         counts per channel / status / destination queue
 passerelle schema   [--config ...] [--output F]     write the channel JSON Schema
@@ -39,6 +39,9 @@ def parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "--config", type=Path, default=DEFAULT_CONFIG, help="engine.yaml (default: %(default)s)"
         )
+        if name == "run":
+            sub.add_argument("--workers", type=int, default=1,
+                             help="engine processes sharing the PostgreSQL store (default: %(default)s)")
         if name == "test":
             sub.add_argument("channels", nargs="*", help="channel names (default: every channel with tests)")
         if name == "stats":
@@ -114,6 +117,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     project = load_project(args.config)
     log.configure(project.engine.logging.level, project.engine.logging.format)
+    if args.workers != 1:
+        from engine.workers import run_workers
+
+        return run_workers(project, args.config, args.workers)
     supervisor.run(project)
     return 0
 
@@ -146,7 +153,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 async def read_stats(project: Project) -> dict[str, Any]:
     from engine.store import open_store
 
-    if not project.store_path.exists():
+    if project.engine.store.type == "sqlite" and not project.store_path.exists():
         return {"channels": {}}
     store = open_store(project.engine.store, project.root)
     await store.open()

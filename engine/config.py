@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine import registry
 from engine.contracts import ComponentConfig
@@ -40,10 +40,22 @@ class EncryptionConfig(Strict):
 
 
 class StoreConfig(Strict):
-    type: Literal["sqlite"] = "sqlite"
-    """Store backend. `sqlite` is the embedded default (PostgreSQL arrives with scale-out)."""
+    type: Literal["sqlite", "postgresql"] = "sqlite"
+    """Store backend: `sqlite`, the embedded default (one engine process), or `postgresql`, shared by
+    several engine processes and machines (`passerelle run --workers N`, scale-out)."""
     path: str = "var/passerelle.db"
     """SQLite database file, relative to the project root."""
+    dsn: str = ""
+    """PostgreSQL connection string, e.g. `postgresql://passerelle@db:5432/passerelle` (required with
+    `postgresql`; keep the password in a file: `${file:config/secrets/pg-dsn}`)."""
+    pool_size: int = Field(default=8, ge=1, le=100)
+    """PostgreSQL: most connections per engine process for reads and claims (plus one for writes)."""
+    retention_days: int = Field(default=0, ge=0)
+    """PostgreSQL: drop a month of messages (its partitions) once it ended this many days ago and all
+    its messages are final; 0 keeps everything."""
+    lease_seconds: float = Field(default=15.0, ge=1.0, le=3600.0)
+    """PostgreSQL: a worker process that stops renewing its lease (it died) loses its unfinished work
+    to the other workers after this long."""
     synchronous: Literal["full", "normal"] = "full"
     """SQLite `synchronous` pragma. `full` survives power loss; keep it for clinical data."""
     max_batch: int = Field(default=512, ge=1, le=10_000)
@@ -52,7 +64,13 @@ class StoreConfig(Strict):
     """Encrypt stored payloads (AES-256-GCM); metadata used for search stays in clear."""
     max_size_mb: int = Field(default=0, ge=0)
     """Quota on the database size (0: none). When reached, intake answers AR/nack: senders keep
-    their messages and resend, instead of the disk filling up under the engine."""
+    their messages and resend, instead of the disk filling up under the engine. SQLite only."""
+
+    @model_validator(mode="after")
+    def _dsn_for_postgresql(self) -> StoreConfig:
+        if self.type == "postgresql" and not self.dsn:
+            raise ValueError("store type postgresql needs a `dsn`")
+        return self
 
 
 class DashboardConfig(Strict):
@@ -147,6 +165,25 @@ class QueueConfig(Strict):
     """Queued deliveries kept in memory; beyond this they wait in the store and are reloaded."""
 
 
+class RouteCondition(Strict):
+    """When a destination gets a message, decided from the variables the steps set. All given
+    tests must hold. Evaluated once, after the steps; the decision is stored with the message."""
+
+    var_present: str = ""
+    """This variable must be set and non-empty (e.g. `notifiable_diseases`)."""
+    var_absent: str = ""
+    """This variable must not be set (e.g. `dsp_refused`)."""
+    var_equals: dict[str, str] = {}
+    """These variables must have exactly these values."""
+
+    def holds(self, variables: dict[str, str]) -> bool:
+        return (
+            (not self.var_present or bool(variables.get(self.var_present)))
+            and (not self.var_absent or self.var_absent not in variables)
+            and all(variables.get(k) == v for k, v in self.var_equals.items())
+        )
+
+
 class DestinationEntry(Strict):
     name: str
     """Name of this destination within the channel (queues and stats use it)."""
@@ -154,6 +191,8 @@ class DestinationEntry(Strict):
     """Destination type (see the reference)."""
     queue: QueueConfig = QueueConfig()
     """Retry, ordering and bounds of this destination's durable queue."""
+    when: RouteCondition | None = None
+    """Only messages meeting this condition go to this destination (default: every message)."""
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
@@ -182,6 +221,7 @@ class ChannelFile(Strict):
 class ComponentSpec:
     type: str
     config: ComponentConfig
+    when: RouteCondition | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +230,7 @@ class DestinationSpec:
     type: str
     config: ComponentConfig
     queue: QueueConfig
+    when: RouteCondition | None = None
 
 
 @dataclass(frozen=True)
@@ -324,6 +365,14 @@ def build_component(
     return ComponentSpec(data["type"], config) if config is not None else None
 
 
+def load_step(data: Any, file: Path, path: str, problems: Problems) -> ComponentSpec | None:
+    """A step, with its optional `when:` condition (the step runs only when it holds)."""
+    spec = build_component("step", data, file, path, problems, drop=("when",))
+    raw_when = data.get("when") if isinstance(data, dict) else None
+    when = validate_model(RouteCondition, raw_when, file, join(path, "when"), problems) if raw_when else None
+    return None if spec is None else ComponentSpec(spec.type, spec.config, when)
+
+
 def load_engine_config(file: Path) -> EngineConfig:
     problems = Problems()
     root = file.parent.parent if file.parent.name == "config" else file.parent
@@ -351,7 +400,7 @@ def load_channel(file: Path, root: Path, problems: Problems) -> ChannelSpec | No
             file, "name", f'"{name}" is not a valid channel name (lowercase letters, digits, - and _)'
         )
     source = build_component("source", shell.source, file, "source", problems)
-    steps = [build_component("step", s, file, f"steps[{i}]", problems) for i, s in enumerate(shell.steps)]
+    steps = [load_step(s, file, f"steps[{i}]", problems) for i, s in enumerate(shell.steps)]
     destinations = [
         load_destination(d, file, f"destinations[{i}]", problems) for i, d in enumerate(shell.destinations)
     ]
@@ -397,14 +446,14 @@ def load_destination(data: Any, file: Path, path: str, problems: Problems) -> De
         problems.add(file, path, "a destination must be a mapping with `name` and `type`")
         return None
     entry = validate_model(DestinationEntry, data, file, path, problems)
-    spec = build_component("destination", data, file, path, problems, drop=("name", "queue"))
+    spec = build_component("destination", data, file, path, problems, drop=("name", "queue", "when"))
     queue = data.get("queue")
     order_by = queue.get("order_by") if isinstance(queue, dict) else None
     if isinstance(order_by, str) and order_by:
         check_hl7_path(order_by, file, join(path, "queue.order_by"), problems)
     if entry is None or spec is None:
         return None
-    return DestinationSpec(entry.name, spec.type, spec.config, entry.queue)
+    return DestinationSpec(entry.name, spec.type, spec.config, entry.queue, entry.when)
 
 
 def check_hl7_path(path: str, file: Path, where: str, problems: Problems) -> None:

@@ -8,6 +8,10 @@ start, so with `order_by` one patient's messages never overtake each other, retr
 Outcomes: sent; `RetryableError` -> retrying (backoff) until `max_attempts` or `max_age`, then
 dead; `PermanentError` -> rejected. Any other exception from a destination is a bug in it and
 is treated as retryable so the message is not lost, with the error type logged.
+
+With a store shared by several processes, a queue runs only the deliveries its worker owns:
+reloads are claim scans (`Store.claim_deliveries`), repeated every `store.rescan_interval` to
+take over a dead worker's deliveries and keys released by others (store/base.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -75,6 +80,7 @@ class DestinationQueue:
         self._waiting: dict[str, deque[Work]] = {}
         self._timers: set[asyncio.TimerHandle] = set()
         self._workers: list[asyncio.Task[None]] = []
+        self._rescans: asyncio.Task[None] | None = None
         self.in_flight = 0
         self.last_error = ""
         self.meter = metrics.destination_meter(channel, name)  # outcome counters (dashboard, /metrics)
@@ -88,10 +94,14 @@ class DestinationQueue:
             asyncio.create_task(self._worker(), name=f"{self.channel}/{self.name}/{i}")
             for i in range(self.config.concurrency)
         ]
+        if self.store.shared:
+            self._rescans = asyncio.create_task(rescan_every(self.store.rescan_interval, self.feed))
 
     async def stop(self, timeout: float) -> None:
         """Stop taking work; wait for attempts in flight (their outcome is committed), up to `timeout`."""
         self.feed.close()
+        if self._rescans is not None:
+            self._rescans.cancel()
         for timer in self._timers:
             timer.cancel()
         if self._workers:
@@ -115,7 +125,7 @@ class DestinationQueue:
         self.meter.outcome("queued")
 
     async def _reload(self, after_id: int, limit: int) -> list[tuple[int, Work]]:
-        rows = await self.store.open_deliveries(self.channel, self.name, after_id, limit)
+        rows = await self.store.claim_deliveries(self.channel, self.name, after_id, limit)
         return [(row.id, work_from_row(row)) for row in rows]
 
     # -- the worker loop -----------------------------------------------------------------------
@@ -134,11 +144,12 @@ class DestinationQueue:
                 continue
             try:
                 await self._attempt(work)
-            except StoreError:
+            except StoreError as err:
                 # The outcome could not be recorded: the delivery is still open in the store, so
                 # it is attempted again (at-least-once; receivers de-duplicate on the control id).
+                # Store errors carry SQLite's reason, never message content: safe to log.
                 log.error("delivery_store_failed", channel=self.channel, destination=self.name,
-                          delivery=work.delivery_id)
+                          delivery=work.delivery_id, error=str(err))
                 self._schedule(work, backoff(self.config, max(work.attempts, 1)))
 
     def _may_run(self, work: Work) -> bool:
@@ -244,6 +255,13 @@ class DestinationQueue:
         """Put a taken item first in line again (it gives back its place; its next worker re-takes one)."""
         self._held.release()
         self.feed.push_urgent(work)
+
+
+async def rescan_every(seconds: float, feed: Feed[Any]) -> None:
+    """A shared store: look for work that became this worker's without being pushed."""
+    while True:
+        await asyncio.sleep(seconds)
+        feed.rescan()
 
 
 def work_from_row(row: PendingDelivery) -> Work:

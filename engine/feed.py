@@ -10,6 +10,10 @@ No item is handed out twice: ids in memory or taken-but-not-done are `known` and
 reloads, and ids finished while a reload query ran are filtered out of its page. No item is
 missed: while spilled, a reload starts below the lowest dropped id, and the feed returns to
 memory mode only after a reload during which nothing was dropped came back short.
+
+`rescan()` (a store shared by several processes) makes the next reload start again from the
+first id: work can become this worker's without being pushed (another worker died, or released
+an order key). It is the spilled state with the cursor reset, so the invariants above hold.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ class Feed(Generic[T]):
         self._drops = 0
         self._finished_during_reload: set[int] | None = None
         self._refilling = False
+        self._rescan = False
         self._wakeup = asyncio.Event()
         self._closed = False
 
@@ -70,6 +75,12 @@ class Feed(Generic[T]):
         if self._finished_during_reload is not None:
             self._finished_during_reload.add(item_id)
 
+    def rescan(self) -> None:
+        """Look at the store again from the first id (claims: see the module docstring)."""
+        self._rescan = True
+        self._spilled = True
+        self._wakeup.set()
+
     def close(self) -> None:
         self._closed = True
         self._wakeup.set()
@@ -101,6 +112,8 @@ class Feed(Generic[T]):
 
     async def _refill(self) -> bool:
         """Load the next page of open work from the store; True when another look is needed."""
+        if self._rescan:
+            self._rescan, self._cursor = False, 0
         start = self._cursor if self._min_dropped is None else min(self._cursor, self._min_dropped - 1)
         self._min_dropped = None
         drops_before = self._drops
@@ -116,7 +129,7 @@ class Feed(Generic[T]):
         self._cursor = page[-1][0] if page else start
         if len(page) >= self.capacity or fresh:
             return True
-        if self._drops == drops_before:
+        if self._drops == drops_before and not self._rescan:
             self._spilled = False
             return False
         return True

@@ -16,6 +16,7 @@ SOURCES: dict[str, str] = {
     "sftp": "engine.connectors.sftp.source:SftpSource",
     "amqp": "engine.connectors.amqp.source:AmqpSource",
     "pix_pdq": "engine.mpi.query_source:PixPdqSource",
+    "smtp": "engine.connectors.smtp.source:SmtpSource",
 }
 
 STEPS: dict[str, str] = {
@@ -27,6 +28,9 @@ STEPS: dict[str, str] = {
     "validate_xsd": "transforms.validate_xsd:ValidateXsd",
     "resolve_patient": "transforms.resolve_patient:ResolvePatient",
     "mpi_adt": "transforms.mpi_adt:MpiAdt",
+    "hl7_to_cda_lab": "transforms.hl7_to_cda_lab:Hl7ToCdaLab",
+    "dsp_check": "transforms.dsp_check:DspCheck",
+    "detect_notifiable": "transforms.detect_notifiable:DetectNotifiable",
 }
 
 DESTINATIONS: dict[str, str] = {
@@ -34,6 +38,9 @@ DESTINATIONS: dict[str, str] = {
     "file": "engine.connectors.file.destination:FileDestination",
     "sftp": "engine.connectors.sftp.destination:SftpDestination",
     "amqp": "engine.connectors.amqp.destination:AmqpDestination",
+    "secure_mail": "engine.connectors.smtp.destination:SecureMailDestination",
+    "dsp_store": "engine.dsp.destination:DspStore",
+    "reporting_feed": "engine.reporting.destination:ReportingFeed",
 }
 
 TABLES: dict[Kind, dict[str, str]] = {

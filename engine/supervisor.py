@@ -76,6 +76,11 @@ class Engine:
     async def start(self) -> None:
         await self.store.open()
         self.services.setdefault("store", self.store)
+        # Notifiable-disease reporting jobs (weekly aggregates, overdue-report gauge): started only
+        # when config/reporting.yaml exists (engine/reporting/scheduler.py).
+        from engine.reporting.scheduler import start_reporting_jobs
+
+        self.reporting_jobs = start_reporting_jobs(self.project.root, self.store)
         for spec in self.project.channels:
             if spec.enabled:
                 await self._start_channel(spec)
@@ -113,6 +118,9 @@ class Engine:
         async with self._reloading:
             await asyncio.gather(*(c.stop_intake() for c in self.channels))
             await asyncio.gather(*(c.stop(timeout) for c in self.channels))
+        jobs = getattr(self, "reporting_jobs", None)  # see start()
+        if jobs is not None:
+            jobs.stop()
         await self.store.close()
         log.info("engine_stopped")
 

@@ -48,7 +48,10 @@ class DetectNotifiable:
             raise ValueError(f"report_negatives: unknown disease(s) {', '.join(unknown)}")
 
     def __call__(self, message: Message) -> Message:
-        message.vars[VAR] = self.detect(message).to_json()
+        detection = self.detect(message)
+        message.vars[VAR] = detection.to_json()
+        if detection.notifiable:  # what channels route on (`when: {var_present: notifiable_diseases}`)
+            message.vars["notifiable_diseases"] = ",".join(detection.diseases())
         return message
 
     def detect(self, message: Message) -> Detection:

@@ -6,9 +6,16 @@ Reads the DSP registry's closure list and the MPI (synchronous reads, no writes)
 patient is PID-3 (the national id by its assigning authority, the facility's ids) and the
 enterprise id `resolve_patient` set in `message.vars`; put this step after `resolve_patient`.
 The `dsp_store` destination checks the same again (a DSP may close between the two).
+
+`on_refusal: route` keeps the message for its other destinations: the refusal becomes a
+warning in the ACK (ERR severity W with the reason) and the variable `dsp_refused`, on which a
+channel routes (`when: {var_absent: dsp_refused}` on its `dsp_store`). A lab result of a
+patient whose DSP is closed must still reach the notifiable-disease feed.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 from engine.contracts import BuildContext, ComponentConfig
 from engine.dsp.service import Dsp, PatientRef, Refusal, dsp_from
@@ -20,9 +27,12 @@ from engine.mpi.hl7_traits import patient_ids
 class Config(ComponentConfig):
     national_authority: str = "RNPP"
     """Assigning authority (PID-3 CX-4.1) of the national identifier (matricule) in HL7 v2 messages."""
+    on_refusal: Literal["reject", "route"] = "reject"
+    """`reject`: AE, the message goes nowhere. `route`: a warning and the variable `dsp_refused`;
+    other destinations still get the message."""
 
 
-EXAMPLE = {"type": "dsp_check", "national_authority": "RNPP"}
+EXAMPLE = {"type": "dsp_check", "national_authority": "RNPP", "on_refusal": "route"}
 
 
 class DspCheck:
@@ -38,7 +48,10 @@ class DspCheck:
                 self._document(message.content())
         except Refusal as err:
             where = err.location if message.content_type == HL7V2 else ""
-            raise Rejected([Finding(err.text, code=err.code, location=where)], ack_code="AE") from err
+            if self.config.on_refusal == "reject":
+                raise Rejected([Finding(err.text, code=err.code, location=where)], ack_code="AE") from err
+            message.findings.append(Finding(f"not stored in the DSP: {err.text}", err.code, where, "W"))
+            message.vars["dsp_refused"] = err.code
         return message
 
     def _hl7_patient(self, message: Message) -> PatientRef:

@@ -10,6 +10,16 @@ contract (tests/component/test_store_contract.py runs it over every backend):
   first message's verdict without storing anything; a different message reusing a control id
   is reported as a conflict.
 - Statuses only move forward; each change adds an `events` row.
+
+Several processes (PostgreSQL; `shared` is True): open deliveries and `received` messages are
+owned by one worker process at a time. A worker owns what it created (a delivery is created
+owned, unless an older open delivery of the same order key belongs to another worker: then it
+is created unowned and reported as `NOT_OWNED`), and what its claim scans (`claim_deliveries`,
+`claim_unprocessed`) take: unowned work and the work of workers whose lease expired (they
+died). A key's open deliveries belong to one worker at a time, so one patient's messages keep
+their order across workers. Queues run their claim scans again every `rescan_interval`
+seconds to find such work. A single-process store (SQLite) owns everything: its claims are
+plain reads and the engine code path is the same.
 """
 
 from __future__ import annotations
@@ -28,6 +38,9 @@ FINAL_MESSAGE_STATUSES = frozenset({"sent", "filtered", "rejected", "errored"})
 # Delivery statuses. `dead`: retries or age exhausted; `rejected`: the peer refused for good.
 DELIVERY_STATUSES = ("queued", "retrying", "sent", "dead", "rejected")
 OPEN_DELIVERY_STATUSES = frozenset({"queued", "retrying"})
+# In `IntakeResult.delivery_ids` and `processed()`: a delivery created but owned by no worker yet
+# (another worker owns an older open delivery of its key); a later claim scan picks it up.
+NOT_OWNED = 0
 
 
 def findings_to_json(findings: tuple[Finding, ...] | list[Finding]) -> str | None:
@@ -69,6 +82,8 @@ class IntakeRecord:
     response: bytes | None = None
     deliveries: list[NewDelivery] = field(default_factory=list)
     dedup: bool = True
+    vars: bytes | None = None
+    """Routing variables set by the steps (JSON), kept so a reloaded message routes the same."""
 
     @property
     def dedup_key(self) -> str | None:
@@ -97,6 +112,8 @@ class ProcessedRecord:
     transformed: bytes | None
     deliveries: list[NewDelivery] = field(default_factory=list)
     detail: str = ""
+    vars: bytes | None = None
+    """The message's routing variables after the steps (JSON); stored with the payloads."""
 
 
 @dataclass
@@ -132,6 +149,7 @@ class StoredMessage:
     raw: bytes
     transformed: bytes | None
     response: bytes | None
+    vars: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +166,20 @@ class PendingDelivery:
 
 class Store(ABC):
     """What the engine needs from durable storage. All methods are safe to call concurrently."""
+
+    shared = False  # several engine processes use this store (see the module docstring)
+    rescan_interval = 0.0  # seconds between claim scans when shared
+
+    async def claim_deliveries(
+        self, channel: str, destination: str, after_id: int, limit: int
+    ) -> list[PendingDelivery]:
+        """Take ownership of open deliveries this worker may run, in id order (ids > `after_id`):
+        its own, unowned ones and those of dead workers, keeping each key with one worker."""
+        return await self.open_deliveries(channel, destination, after_id, limit)
+
+    async def claim_unprocessed(self, channel: str, after_id: int, limit: int) -> list[StoredMessage]:
+        """Take ownership of `received` messages this worker may process, like `claim_deliveries`."""
+        return await self.unprocessed(channel, after_id, limit)
 
     @abstractmethod
     async def open(self) -> None: ...

@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS contents (
     message_id  INTEGER PRIMARY KEY REFERENCES messages (id),
     raw         BLOB NOT NULL,
     transformed BLOB,
-    response    BLOB
+    response    BLOB,
+    vars        BLOB
 );
 
 CREATE TABLE IF NOT EXISTS events (

@@ -43,7 +43,7 @@ _STOP = object()
 
 _MESSAGE_COLUMNS = (
     "id, channel, channel_version, received_at, content_type, source_type, peer, tls_subject, filename,"
-    " control_id, sender, status, ack_code, findings, raw, transformed, response"
+    " control_id, sender, status, ack_code, findings, raw, transformed, response, vars"
 )
 _MESSAGES_WITH_CONTENT = "messages JOIN contents ON contents.message_id = messages.id"
 
@@ -91,6 +91,7 @@ class SqliteStore(Store):
         try:
             conn = connect(self.path, self.synchronous)
             conn.executescript(SCHEMA)
+            migrate(conn)
             if self.max_bytes:
                 page_size = conn.execute("PRAGMA page_size").fetchone()[0]
                 conn.execute(f"PRAGMA max_page_count={max(1, self.max_bytes // page_size)}")
@@ -201,6 +202,7 @@ class SqliteStore(Store):
             raw=c.encrypt(r.raw, "raw") or b"",
             transformed=c.encrypt(r.transformed, "transformed"),
             response=c.encrypt(r.response, "response"),
+            vars=c.encrypt(r.vars, "vars"),
         )
 
     def _clear(self, m: StoredMessage) -> StoredMessage:
@@ -212,6 +214,7 @@ class SqliteStore(Store):
             raw=c.decrypt(m.raw, "raw") or b"",
             transformed=c.decrypt(m.transformed, "transformed"),
             response=c.decrypt(m.response, "response"),
+            vars=c.decrypt(m.vars, "vars"),
         )
 
     async def reencrypt(self, batch: int = 500) -> int:
@@ -240,7 +243,12 @@ class SqliteStore(Store):
 
     async def processed(self, record: ProcessedRecord) -> tuple[int, ...]:
         if self.cipher is not None:
-            record = replace(record, transformed=self.cipher.encrypt(record.transformed, "transformed"))
+            c = self.cipher
+            record = replace(
+                record,
+                transformed=c.encrypt(record.transformed, "transformed"),
+                vars=c.encrypt(record.vars, "vars"),
+            )
         ids: tuple[int, ...] = await self._write(lambda conn: processed_op(conn, record))
         return ids
 
@@ -307,6 +315,13 @@ class SqliteStore(Store):
 # -- operations run by the writer thread (plain functions of a connection) -------------------
 
 
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier version up to date (idempotent)."""
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(contents)")}
+    if "vars" not in columns:
+        conn.execute("ALTER TABLE contents ADD COLUMN vars BLOB")
+
+
 def intake_op(conn: sqlite3.Connection, r: IntakeRecord) -> IntakeResult:
     """The hot path: the message row, its content row, its deliveries.
 
@@ -343,8 +358,8 @@ def intake_op(conn: sqlite3.Connection, r: IntakeRecord) -> IntakeResult:
         return existing_message(conn, r, dedup_key)
     message_id = int(cur.lastrowid or 0)
     conn.execute(
-        "INSERT INTO contents (message_id, raw, transformed, response) VALUES (?,?,?,?)",
-        (message_id, r.raw, r.transformed, r.response),
+        "INSERT INTO contents (message_id, raw, transformed, response, vars) VALUES (?,?,?,?,?)",
+        (message_id, r.raw, r.transformed, r.response, r.vars),
     )
     delivery_ids = insert_deliveries(conn, message_id, r.channel, r.deliveries, r.received_at)
     return IntakeResult(
@@ -385,8 +400,11 @@ def processed_op(conn: sqlite3.Connection, r: ProcessedRecord) -> tuple[int, ...
         " WHERE id=? AND status='received'",
         (r.status, r.findings, now, r.message_id),
     )
-    if r.transformed is not None:
-        conn.execute("UPDATE contents SET transformed=? WHERE message_id=?", (r.transformed, r.message_id))
+    if r.transformed is not None or r.vars is not None:
+        conn.execute(
+            "UPDATE contents SET transformed=coalesce(?, transformed), vars=coalesce(?, vars) WHERE message_id=?",
+            (r.transformed, r.vars, r.message_id),
+        )
     return insert_deliveries(conn, r.message_id, r.channel, r.deliveries, now)
 
 
@@ -427,7 +445,11 @@ def requeue_delivery_op(conn: sqlite3.Connection, delivery_id: int) -> PendingDe
 
 # table -> (key column, payload columns, the associated data of each column)
 REENCRYPTED = {
-    "contents": ("message_id", ("raw", "transformed", "response"), ("raw", "transformed", "response")),
+    "contents": (
+        "message_id",
+        ("raw", "transformed", "response", "vars"),
+        ("raw", "transformed", "response", "vars"),
+    ),
     "deliveries": ("id", ("response",), ("delivery_response",)),
 }
 

@@ -34,6 +34,9 @@ class Harness(Protocol):
 def harnesses() -> dict[str, type[Any]]:
     found: dict[str, type[Any]] = {"mllp": MllpDestinationHarness, "file": FileDestinationHarness}
     found["secure_mail"] = SecureMailHarness
+    from tests.component.destination_harness_reporting import ReportingFeedHarness
+
+    found["reporting_feed"] = ReportingFeedHarness
     try:
         extra = importlib.import_module("tests.component.destination_harnesses_sftp_amqp")
     except ModuleNotFoundError:
@@ -77,7 +80,8 @@ async def test_accepted_message_has_reached_the_peer_when_send_returns(
     dest = await destination(harness, "accept", tmp_path)
     try:
         await dest.send(sample())
-        assert await harness.delivered() == [ORU_R01_25]
+        # A destination that sends a derived document says what the peer should hold (`expected`).
+        assert await harness.delivered() == [getattr(harness, "expected", bytes)(ORU_R01_25)]
         await dest.send(sample())  # a retried delivery must not fail (idempotent or keep-alive reuse)
     finally:
         await dest.close()

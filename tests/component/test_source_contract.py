@@ -22,6 +22,7 @@ from engine import registry
 from engine.contracts import BuildContext, Intake, Receipt, Source, Verdict
 from engine.errors import Finding, StoreError
 from tests.component.source_harness_mllp import MllpHarness
+from tests.component.source_harness_smtp import SmtpHarness
 
 
 class Harness(Protocol):
@@ -35,7 +36,7 @@ class Harness(Protocol):
 
 
 def harnesses() -> dict[str, type[Any]]:
-    found: dict[str, type[Any]] = {"mllp": MllpHarness}
+    found: dict[str, type[Any]] = {"mllp": MllpHarness, "smtp": SmtpHarness}
     try:
         extra = importlib.import_module("tests.component.source_harnesses_sftp_amqp")
     except ModuleNotFoundError:

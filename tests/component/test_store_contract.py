@@ -1,4 +1,7 @@
-"""The store contract, run over every store backend (SQLite now; PostgreSQL joins with scale-out)."""
+"""The store contract, run over every store backend: SQLite and PostgreSQL (a real server).
+
+The PostgreSQL cluster is started once per session by tests/support/postgres.py.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +13,13 @@ import pytest
 
 from engine.errors import StoreError
 from engine.store.base import DeliveryUpdate, IntakeRecord, NewDelivery, ProcessedRecord, Store
+from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
+from tests.support.postgres import fresh_database, shared_cluster
 
 BACKENDS: dict[str, Callable[[Path], Store]] = {
     "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
+    "postgresql": lambda tmp: PostgresStore(fresh_database(shared_cluster())),
 }
 
 
@@ -145,3 +151,103 @@ async def test_writes_after_close_raise_store_error(tmp_path: Path) -> None:
     await store.close()
     with pytest.raises(StoreError):
         await store.intake(record())
+
+
+async def test_claims_list_what_this_worker_may_run(store: Store) -> None:
+    result = await store.intake(record(deliveries=[NewDelivery("a", "P1")]))
+    claimed = await store.claim_deliveries("lab", "a", 0, 10)
+    assert [d.id for d in claimed] == list(result.delivery_ids) and claimed[0].order_key == "P1"
+    received = await store.intake(record(control_id="C2", status="received", deliveries=[]))
+    assert [m.id for m in await store.claim_unprocessed("lab", 0, 10)] == [received.message_id]
+
+
+# -- PostgreSQL only: several workers on one database, migrations, retention --------------------
+
+Workers = tuple[PostgresStore, PostgresStore, str]
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[Workers]:
+    """Two worker processes' stores on one database, with a short lease."""
+    dsn = fresh_database(shared_cluster())
+    first, second = PostgresStore(dsn, lease_seconds=1.0), PostgresStore(dsn, lease_seconds=1.0)
+    for store in (first, second):
+        store.on_lease_lost = lambda: None  # a slow test machine must not end the test process
+    await first.open()
+    await second.open()
+    yield first, second, dsn
+    await second.close()
+    await first.close()
+
+
+async def test_work_belongs_to_the_worker_that_stored_it(workers: Workers) -> None:
+    first, second, _ = workers
+    mine = await first.intake(record(deliveries=[NewDelivery("a")]))
+    received = await first.intake(record(control_id="R1", status="received", deliveries=[]))
+    assert await second.claim_deliveries("lab", "a", 0, 10) == []
+    assert await second.claim_unprocessed("lab", 0, 10) == []
+    assert [d.id for d in await first.claim_deliveries("lab", "a", 0, 10)] == list(mine.delivery_ids)
+    assert [m.id for m in await first.claim_unprocessed("lab", 0, 10)] == [received.message_id]
+
+
+async def test_a_dead_workers_work_is_taken_over_after_its_lease(
+    workers: Workers,
+) -> None:
+    first, second, dsn = workers
+    dead = PostgresStore(dsn, lease_seconds=1.0)
+    await dead.open()
+    orphan = await dead.intake(record(deliveries=[NewDelivery("a")]))
+    for task in dead._tasks:  # the process "dies": no more heartbeats, no clean close
+        task.cancel()
+    await asyncio.sleep(1.3)
+    assert [d.id for d in await second.claim_deliveries("lab", "a", 0, 10)] == list(orphan.delivery_ids)
+    assert await first.claim_deliveries("lab", "a", 0, 10) == []
+    delivery = orphan.delivery_ids[0]
+    await second.update_delivery(DeliveryUpdate(delivery, orphan.message_id, "a", "sent", 1, 0.0))
+    await dead.update_delivery(DeliveryUpdate(delivery, orphan.message_id, "a", "dead", 9, 0.0))
+    stored = await second.message(orphan.message_id)
+    assert stored is not None and stored.status == "sent"  # the stale worker's outcome changed nothing
+    dead._tasks = []
+    await dead.close()
+
+
+async def test_one_keys_deliveries_stay_with_one_worker(workers: Workers) -> None:
+    first, second, _ = workers
+    older = await first.intake(record(control_id="K1", deliveries=[NewDelivery("a", "P1")]))
+    newer = await second.intake(record(control_id="K2", deliveries=[NewDelivery("a", "P1")]))
+    other = await second.intake(record(control_id="K3", deliveries=[NewDelivery("a", "P2")]))
+    assert newer.delivery_ids == (0,) and other.delivery_ids[0] > 0  # P1 is the first worker's
+    assert await second.claim_deliveries("lab", "a", 0, 10) == [
+        d for d in await second.claim_deliveries("lab", "a", 0, 10) if d.order_key == "P2"
+    ]
+    claimed = await first.claim_deliveries("lab", "a", 0, 10)
+    assert [d.order_key for d in claimed] == ["P1", "P1"]  # the key's later delivery joins its owner
+    await first.update_delivery(DeliveryUpdate(older.delivery_ids[0], older.message_id, "a", "sent", 1, 0.0))
+    assert all(d.order_key == "P2" for d in await second.claim_deliveries("lab", "a", 0, 10))
+
+
+async def test_migrations_apply_once_and_retention_drops_final_months() -> None:
+    dsn = fresh_database(shared_cluster())
+    store = PostgresStore(dsn)
+    await store.open()
+    await store.close()
+    store = PostgresStore(dsn)  # a second open finds every migration applied
+    await store.open()
+    try:
+        old_final = await store.intake(record(control_id="OLD", status="rejected", deliveries=[]))
+        jan = 86400.0 * 31 * 12  # 1971: another month than 1970
+        kept = await store.intake(record(control_id="OPEN", deliveries=[NewDelivery("a")]))
+        assert kept.message_id and old_final.message_id
+        later = record(control_id="NEW", status="rejected", deliveries=[])
+        later.received_at = jan
+        await store.intake(later)
+        assert await store.apply_retention(jan + 86400 * 62) == ["y1971m01"]  # 1970-01 holds an open one
+        assert await store.message(old_final.message_id) is not None
+        sent = DeliveryUpdate(kept.delivery_ids[0], kept.message_id, "a", "sent", 1, 0.0)
+        await store.update_delivery(sent)
+        assert await store.apply_retention(jan + 86400 * 62) == ["y1970m01"]
+        assert await store.message(old_final.message_id) is None
+        again = await store.intake(record(control_id="OLD", status="rejected", deliveries=[]))
+        assert not again.duplicate  # its de-duplication key went with its month
+    finally:
+        await store.close()

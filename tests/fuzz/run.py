@@ -52,11 +52,20 @@ def main() -> None:
     import atheris
 
     with atheris.instrument_imports(include=["engine"]):
+        # the parsers must be imported here to be instrumented (the targets import lazily)
+        import engine.config
+        import engine.connectors.mllp.framing
+        import engine.connectors.sftp.batch
+        import engine.formats.cda
+        import engine.formats.dicom_manifest
+        import engine.formats.hl7v2  # noqa: F401
         from tests.fuzz.targets import TARGETS
     target = TARGETS[args.target]
     corpus = args.corpus or Path(tempfile.mkdtemp(prefix=f"fuzz-{args.target}-"))
     corpus.mkdir(parents=True, exist_ok=True)
     seed_corpus(args.target, corpus)
+    artifacts = ROOT / "var" / "fuzz"
+    artifacts.mkdir(parents=True, exist_ok=True)
     libfuzzer_args = [
         sys.argv[0],
         f"-runs={args.runs}",
@@ -64,6 +73,7 @@ def main() -> None:
         f"-rss_limit_mb={args.rss_mb}",
         "-max_len=65536",
         "-print_final_stats=1",
+        f"-artifact_prefix={artifacts}/{args.target}-",
         str(corpus),
     ]
     atheris.Setup(libfuzzer_args, target)

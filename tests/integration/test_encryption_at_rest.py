@@ -31,7 +31,8 @@ PHI = [b"TEST^PATIENT", MATRICULE.encode(), b"19800101", b"P000123456", b"Thromb
 
 def engine_yaml(keys: dict[str, str], active: str) -> str:
     listed = ", ".join(f"{k}: {v}" for k, v in keys.items())
-    return f"store: {{path: var/p.db, encryption: {{keys: {{{listed}}}, active: {active}}}}}\nreload_interval: 0\n"
+    store = f"{{path: var/p.db, encryption: {{keys: {{{listed}}}, active: {active}}}}}"
+    return f"store: {store}\nreload_interval: 0\n"
 
 
 def database_bytes(root: Path) -> bytes:

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
 from pydantic import Field
 
+from engine import metrics
 from engine.connectors.mllp.framing import MllpDecoder, frame
 from engine.connectors.tls import TlsServerConfig, peer_subject, server_context, subject_allowed
 from engine.contracts import BuildContext, ComponentConfig, Deliver, Intake, Receipt, Verdict
@@ -35,6 +38,7 @@ log = structlog.get_logger("passerelle.mllp")
 
 COMMIT_CODES = {"AA": "CA", "AE": "CE", "AR": "CR"}
 EVIDENCE_BYTES = 64 * 1024  # of an oversized frame, what is kept in the store as evidence
+REUSE_PORT_ENV = "PASSERELLE_REUSE_PORT"  # "1": every listener reuses its port (engine/workers.py)
 
 
 class Config(ComponentConfig):
@@ -56,6 +60,9 @@ class Config(ComponentConfig):
     """HL7 versions (MSH-12) accepted; others are answered AR with error 203."""
     processing_ids: list[str] = Field(default_factory=lambda: ["P", "T"])
     """Processing ids (MSH-11) accepted; others are answered AR with error 202."""
+    reuse_port: bool = False
+    """Open the port with SO_REUSEPORT, so several engine processes listen on it and the kernel spreads
+    connections over them; set automatically for every listener by `passerelle run --workers N`."""
 
 
 EXAMPLE = {
@@ -87,6 +94,7 @@ class MllpSource:
         self.connections: set[asyncio.Task[None]] = set()
         self.port = config.port
         self._deliver: Deliver | None = None
+        self.meter = metrics.channel_meter(context.channel)  # ACK latency, connected peers
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -97,6 +105,7 @@ class MllpSource:
             ssl=self.ssl,
             limit=2**16,
             ssl_handshake_timeout=30.0 if self.ssl else None,
+            reuse_port=self.config.reuse_port or os.environ.get(REUSE_PORT_ENV) == "1",
         )
         self.port = self.server.sockets[0].getsockname()[1]
         log.info(
@@ -127,6 +136,7 @@ class MllpSource:
             await close(writer)
             return
         self.connections.add(task)
+        self.meter.connection(+1)
         try:
             conn = self._identify(writer)
             if conn is not None:
@@ -134,6 +144,7 @@ class MllpSource:
         except asyncio.CancelledError:
             pass  # engine stopping: the frame being handled was finished or not ACKed
         finally:
+            self.meter.connection(-1)
             self.connections.discard(task)
             await close(writer)
 
@@ -181,6 +192,7 @@ class MllpSource:
 
     async def _handle(self, payload: bytes, conn: Connection) -> bool:
         """Store, then answer one message. False when the connection must close."""
+        started = time.perf_counter()
         try:
             header = read_header(payload)
         except ParseError as err:
@@ -194,8 +206,8 @@ class MllpSource:
         try:
             assert self._deliver is not None
             receipt = await self._deliver(intake)
-        except StoreError:
-            log.error("mllp_store_failed", channel=self.channel, peer=conn.meta.peer)
+        except StoreError as err:
+            log.error("mllp_store_failed", channel=self.channel, peer=conn.meta.peer, error=str(err))
             await self._write(conn, failure_ack(header, STORE_FAILURE))
             return True
         except Exception as err:  # a bug behind deliver: answer AR so the sender keeps the message
@@ -203,6 +215,7 @@ class MllpSource:
             await self._write(conn, failure_ack(header, INTERNAL_FAILURE))
             return True
         await self._answer(conn, header, receipt, intake)
+        self.meter.acknowledged(time.perf_counter() - started)
         return True
 
     def intake_for(self, payload: bytes, header: Header, meta: SourceMeta) -> Intake:
