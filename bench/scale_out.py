@@ -1,0 +1,112 @@
+"""Scale-out benchmark (issue 9): MLLP ingest on the PostgreSQL store with 1, 2 and 4 workers.
+
+A PostgreSQL 15 cluster (fsync on, synchronous_commit on: the durable setting) is started in a
+temporary directory (tests/support/postgres.py). Each configuration runs `passerelle run
+--workers N` (N processes sharing the port with SO_REUSEPORT) and is loaded by the same client
+as bench/mllp_ingest.py (uvloop, `--connections` connections, each waiting for its ACK, one
+patient per connection). Two tables are printed:
+
+1. the scaling curve: `respond_after: processed` (parse + validate_hl7 + routing, file
+   destination ordered by patient) with 1, 2 and 4 workers;
+2. the foundation issue's ingest benchmark (bench/mllp_ingest.py's `received` and `processed`
+   channels, one engine process) with the PostgreSQL store instead of SQLite.
+
+    python bench/scale_out.py [--seconds 8] [--connections 16] [--workers 1,2,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.mllp_ingest import PROCESSED, RECEIVED, Result, free_port, load  # noqa: E402
+from tests.support.postgres import PostgresCluster, fresh_database  # noqa: E402
+
+# bench/mllp_ingest.py's `processed` channel, ordered by the patient each connection sends for
+# (PID-3[2]; its PID-3.1 is the same for every message: one key, which no number of workers spreads).
+SCALE = PROCESSED.replace("order_by: PID-3.1", 'order_by: "PID-3[2].1"')
+ENGINE = 'store: {{type: postgresql, dsn: "{dsn}"}}\nlogging: {{level: warning}}\n'
+
+
+def listeners(port: int) -> int:
+    local = f"0100007F:{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[1] == local and line.split()[3] == "0A")
+
+
+def start(folder: Path, dsn: str, channel: str, port: int, workers: int) -> subprocess.Popen[bytes]:
+    (folder / "config").mkdir(parents=True)
+    (folder / "channels").mkdir()
+    (folder / "config" / "engine.yaml").write_text(ENGINE.format(dsn=dsn))
+    (folder / "channels" / "bench.yaml").write_text(channel.format(port=port))
+    cmd = [sys.executable, str(ROOT / "run_engine.py"), "run", "--workers", str(workers),
+           "--config", str(folder / "config" / "engine.yaml")]
+    proc = subprocess.Popen(cmd, cwd=folder, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 60
+    while listeners(port) < workers:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the engine did not start")
+        time.sleep(0.05)
+    return proc
+
+
+def measure(name: str, dsn: str, channel: str, workers: int, connections: int, seconds: float) -> Result:
+    import uvloop
+
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        proc = start(Path(folder), dsn, channel, port, workers)
+        try:
+            count, latencies, errors = uvloop.run(load(port, connections, seconds))
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(120)
+    latencies.sort()
+    return Result(name, count / seconds, 1000 * latencies[len(latencies) // 2],
+                  1000 * latencies[int(len(latencies) * 0.99)], 0.0, errors)
+
+
+def table(results: list[Result], base: float) -> str:
+    lines = ["| configuration | msgs/s | x 1 worker | p50 ms | p99 ms | errors |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r.server} | {r.msgs_per_s:,.0f} | {r.msgs_per_s / base:.2f} | {r.p50_ms:.2f} | "
+              f"{r.p99_ms:.2f} | {r.errors} |" for r in results]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--workers", default="1,2,4")
+    args = parser.parse_args()
+    cluster = PostgresCluster(fsync=True).start()
+    try:
+        curve = [measure(f"processed, {n} worker(s)", fresh_database(cluster), SCALE, n,
+                         args.connections, args.seconds) for n in map(int, args.workers.split(","))]
+        ingest = [measure(f"engine {name}, PostgreSQL", fresh_database(cluster), channel, 1,
+                          args.connections, args.seconds)
+                  for name, channel in (("received", RECEIVED), ("processed", PROCESSED))]
+    finally:
+        cluster.stop()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"{args.seconds:g} s per configuration, {args.connections} connections, PostgreSQL 15 fsync on")
+    print(table(curve, curve[0].msgs_per_s))
+    print()
+    print(table(ingest, curve[0].msgs_per_s))
+
+
+if __name__ == "__main__":
+    main()
