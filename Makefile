@@ -21,9 +21,10 @@ run: $(INSTALLED) config/tls/dev-ca.pem
 	$(BIN)/passerelle check --config config/engine.yaml
 	$(BIN)/passerelle run --config config/engine.yaml
 
-test: $(INSTALLED)
+test: $(INSTALLED) config/tls/dev-ca.pem
 	scripts/install-debian-packages.sh
 	$(BIN)/passerelle check --config config/engine.yaml
+	$(BIN)/passerelle test --config config/engine.yaml
 	$(BIN)/ruff check .
 	$(BIN)/mypy engine transforms tests bench run_engine.py
 	$(BIN)/python -m pytest

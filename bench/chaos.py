@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sqlite3
 import subprocess
@@ -102,7 +101,8 @@ class Senders:
                 client = client or MllpClient(self.port, timeout=5)
                 ack = client.send(payload)
             except OSError:
-                client = close(client)
+                close(client)
+                client = None
                 time.sleep(0.1)
                 continue
             if b"MSA|AA|" in ack:
@@ -192,8 +192,11 @@ def run(scenario: str, seconds: float, store_dir: Path | None = None) -> Report:
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         store = (store_dir or root / "var") / "chaos.db"
-        config = write_project(root, {"lab": CHANNEL.format(port=port, downstream=proxy.port)},
-                               f"store: {{path: {store}}}\nlogging: {{level: warning}}\n")
+        config = write_project(
+            root,
+            {"lab": CHANNEL.format(port=port, downstream=proxy.port)},
+            f"store: {{path: {store}}}\nlogging: {{level: warning}}\n",
+        )
         engine = EngineProcess(config, [port]).start()
         senders = Senders(port)
         started = time.monotonic()
@@ -203,9 +206,16 @@ def run(scenario: str, seconds: float, store_dir: Path | None = None) -> Report:
         settle(receiver, senders.acked)
         engine.stop()
         delivered = delivered_ids(receiver)
-        report = Report(scenario, round(time.monotonic() - started, 1), len(senders.acked), unique_stored(store),
-                        len(set(delivered)), len(delivered) - len(set(delivered)),
-                        len(senders.acked - set(delivered)), senders.refused)
+        report = Report(
+            scenario,
+            round(time.monotonic() - started, 1),
+            len(senders.acked),
+            unique_stored(store),
+            len(set(delivered)),
+            len(delivered) - len(set(delivered)),
+            len(senders.acked - set(delivered)),
+            senders.refused,
+        )
         if not report.ok:
             kept = ROOT / "var" / f"chaos-{scenario}.log"
             kept.parent.mkdir(exist_ok=True)
@@ -215,7 +225,9 @@ def run(scenario: str, seconds: float, store_dir: Path | None = None) -> Report:
     return report
 
 
-def kill9(engine: EngineProcess, config: Path, port: int, proxy: CutProxy, seconds: float, store: Path) -> EngineProcess:
+def kill9(
+    engine: EngineProcess, config: Path, port: int, proxy: CutProxy, seconds: float, store: Path
+) -> EngineProcess:
     for _ in range(10):
         time.sleep(seconds / 10)
         engine.kill()
@@ -223,8 +235,9 @@ def kill9(engine: EngineProcess, config: Path, port: int, proxy: CutProxy, secon
     return engine
 
 
-def disk_full(engine: EngineProcess, config: Path, port: int, proxy: CutProxy, seconds: float,
-              store: Path) -> EngineProcess:
+def disk_full(
+    engine: EngineProcess, config: Path, port: int, proxy: CutProxy, seconds: float, store: Path
+) -> EngineProcess:
     time.sleep(seconds / 3)
     filler = store.parent / "filler"
     try:
@@ -248,8 +261,9 @@ def fill(path: Path) -> None:
             pass
 
 
-def network_cut(engine: EngineProcess, config: Path, port: int, proxy: CutProxy, seconds: float,
-                store: Path) -> EngineProcess:
+def network_cut(
+    engine: EngineProcess, config: Path, port: int, proxy: CutProxy, seconds: float, store: Path
+) -> EngineProcess:
     time.sleep(seconds / 4)
     proxy.cut()
     time.sleep(seconds / 2)
@@ -268,7 +282,9 @@ def small_filesystem(megabytes: int) -> Path:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--scenario", default="all", choices=[*FAULTS, "all"])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--json", type=Path)
@@ -289,8 +305,11 @@ def main() -> None:
 
 def print_report(r: Report) -> None:
     verdict = "OK" if r.ok else "LOSS"
-    print(f"| {r.scenario} | {r.seconds} s | {r.acknowledged} | {r.stored} | {r.delivered} | "
-          f"{r.downstream_duplicates} | {r.lost} | {r.refused_answers} | {verdict} |", flush=True)
+    print(
+        f"| {r.scenario} | {r.seconds} s | {r.acknowledged} | {r.stored} | {r.delivered} | "
+        f"{r.downstream_duplicates} | {r.lost} | {r.refused_answers} | {verdict} |",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

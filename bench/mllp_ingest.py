@@ -63,7 +63,8 @@ async def handle(reader, writer):
     finally:
         writer.close()
 async def main():
-    server = await hl7.mllp.start_hl7_server(handle, host="127.0.0.1", port=int(sys.argv[1]), encoding="utf-8")
+    port = int(sys.argv[1])
+    server = await hl7.mllp.start_hl7_server(handle, host="127.0.0.1", port=port, encoding="utf-8")
     async with server:
         await server.serve_forever()
 asyncio.run(main())
@@ -111,7 +112,13 @@ def start_engine(folder: Path, channel: str, port: int) -> subprocess.Popen[byte
     (folder / "channels").mkdir()
     (folder / "config" / "engine.yaml").write_text("store: {path: var/bench.db}\nlogging: {level: warning}\n")
     (folder / "channels" / "bench.yaml").write_text(channel.format(port=port))
-    cmd = [sys.executable, str(ROOT / "run_engine.py"), "run", "--config", str(folder / "config" / "engine.yaml")]
+    cmd = [
+        sys.executable,
+        str(ROOT / "run_engine.py"),
+        "run",
+        "--config",
+        str(folder / "config" / "engine.yaml"),
+    ]
     return subprocess.Popen(cmd, cwd=folder, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
@@ -139,7 +146,9 @@ async def load(port: int, connections: int, seconds: float) -> tuple[int, list[f
     latencies: list[float] = []
     await asyncio.gather(*(connection(port, i, time.perf_counter() + 1.0, []) for i in range(connections)))
     stop_at = time.perf_counter() + seconds  # after a one-second warm-up on fresh connections
-    errors = await asyncio.gather(*(connection(port, i + 1000, stop_at, latencies) for i in range(connections)))
+    errors = await asyncio.gather(
+        *(connection(port, i + 1000, stop_at, latencies) for i in range(connections))
+    )
     return len(latencies), latencies, sum(errors)
 
 
@@ -154,8 +163,14 @@ def measure(name: str, proc: subprocess.Popen[bytes], port: int, connections: in
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(60)
-    return Result(name, count / seconds, 1000 * latencies[len(latencies) // 2],
-                  1000 * latencies[int(len(latencies) * 0.99)], rss, errors)
+    return Result(
+        name,
+        count / seconds,
+        1000 * latencies[len(latencies) // 2],
+        1000 * latencies[int(len(latencies) * 0.99)],
+        rss,
+        errors,
+    )
 
 
 def run_once(connections: int, seconds: float) -> list[Result]:
@@ -174,14 +189,27 @@ def median_results(runs: list[list[Result]]) -> list[Result]:
     merged = []
     for i, first in enumerate(runs[0]):
         rows = [run[i] for run in runs]
-        merged.append(Result(first.server, *(statistics.median(getattr(r, f) for r in rows)
-                                             for f in ("msgs_per_s", "p50_ms", "p99_ms", "peak_rss_mb")),
-                             errors=sum(r.errors for r in rows)))
+
+        def median(name: str, rows: list[Result] = rows) -> float:
+            return float(statistics.median(getattr(r, name) for r in rows))
+
+        merged.append(
+            Result(
+                first.server,
+                median("msgs_per_s"),
+                median("p50_ms"),
+                median("p99_ms"),
+                median("peak_rss_mb"),
+                sum(r.errors for r in rows),
+            )
+        )
     return merged
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
@@ -193,12 +221,17 @@ def main() -> None:
         print(json.dumps([asdict(r) for r in results], indent=2))
         return
     baseline = results[0].msgs_per_s
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"median of {args.runs} runs x {args.seconds:g} s, {args.connections} connections")
-    print(f"| server | msgs/s | x baseline | p50 ms | p99 ms | peak RSS MB | errors |\n|---|---|---|---|---|---|---|")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"median of {args.runs} runs x {args.seconds:g} s, {args.connections} connections"
+    )
+    print("| server | msgs/s | x baseline | p50 ms | p99 ms | peak RSS MB | errors |")
+    print("|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r.server} | {r.msgs_per_s:,.0f} | {r.msgs_per_s / baseline:.1f} | {r.p50_ms:.2f} | "
-              f"{r.p99_ms:.2f} | {r.peak_rss_mb:.0f} | {r.errors} |")
+        print(
+            f"| {r.server} | {r.msgs_per_s:,.0f} | {r.msgs_per_s / baseline:.1f} | {r.p50_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {r.peak_rss_mb:.0f} | {r.errors} |"
+        )
 
 
 if __name__ == "__main__":

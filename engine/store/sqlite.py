@@ -402,7 +402,8 @@ def processed_op(conn: sqlite3.Connection, r: ProcessedRecord) -> tuple[int, ...
     )
     if r.transformed is not None or r.vars is not None:
         conn.execute(
-            "UPDATE contents SET transformed=coalesce(?, transformed), vars=coalesce(?, vars) WHERE message_id=?",
+            "UPDATE contents SET transformed=coalesce(?, transformed), vars=coalesce(?, vars)"
+            " WHERE message_id=?",
             (r.transformed, r.vars, r.message_id),
         )
     return insert_deliveries(conn, r.message_id, r.channel, r.deliveries, now)

@@ -20,7 +20,16 @@ destinations:
   - {{name: out, type: mllp, host: 127.0.0.1, port: {dead_port}, connect_timeout: 1,
       queue: {{initial_backoff: 0.1, max_attempts: 2}}}}
 """
-PATIENT_DATA = ["TEST^PATIENT", "PATIENT", MATRICULE, "19800101", "P000123456", "Müller", "Thrombocytose", "10*9/L"]
+PATIENT_DATA = [
+    "TEST^PATIENT",
+    "PATIENT",
+    MATRICULE,
+    "19800101",
+    "P000123456",
+    "Müller",
+    "Thrombocytose",
+    "10*9/L",
+]
 
 
 def test_logs_are_json_and_never_contain_patient_data(tmp_path: Path) -> None:

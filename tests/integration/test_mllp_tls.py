@@ -69,24 +69,30 @@ def test_allowed_client_certificate_is_served_and_recorded(mtls_engine: EngineTh
 
 
 def test_client_without_certificate_is_refused(mtls_engine: EngineThread, pki: Pki) -> None:
-    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        with MllpClient(mtls_engine.port("lab"), client_context(pki)) as client:
-            client.send(ORU_R01_25)
+    with (
+        pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+        MllpClient(mtls_engine.port("lab"), client_context(pki)) as client,
+    ):
+        client.send(ORU_R01_25)
 
 
 def test_certificate_from_another_ca_is_refused(mtls_engine: EngineThread, pki: Pki) -> None:
     ctx = client_context(pki, pki.stranger_cert, pki.stranger_key)
-    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        with MllpClient(mtls_engine.port("lab"), ctx) as client:
-            client.send(ORU_R01_25)
+    with (
+        pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+        MllpClient(mtls_engine.port("lab"), ctx) as client,
+    ):
+        client.send(ORU_R01_25)
 
 
 def test_trusted_certificate_with_a_subject_not_on_the_list_is_refused(
     mtls_engine: EngineThread, pki: Pki
 ) -> None:
     ctx = client_context(pki, pki.intruder_cert, pki.intruder_key)
-    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
-        with MllpClient(mtls_engine.port("lab"), ctx) as client:
-            client.send(ORU_R01_25)
+    with (
+        pytest.raises((ssl.SSLError, ConnectionError, OSError)),
+        MllpClient(mtls_engine.port("lab"), ctx) as client,
+    ):
+        client.send(ORU_R01_25)
     stats = mtls_engine.call(mtls_engine.engine.store.stats())
     assert stats["channels"] == {}  # nothing from the intruder was taken
