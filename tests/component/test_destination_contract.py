@@ -5,7 +5,6 @@ Each error names the peer and the reason, since operators read it in the dashboa
 
 from __future__ import annotations
 
-import importlib
 import socket
 import threading
 from collections.abc import AsyncIterator
@@ -18,8 +17,7 @@ from engine import registry
 from engine.contracts import BuildContext, Destination
 from engine.errors import PermanentError, RetryableError
 from engine.message import HL7V2, Message, SourceMeta
-from tests.component.destination_harness_secure_mail import SecureMailHarness
-from tests.component.destination_harnesses import FileDestinationHarness, MllpDestinationHarness
+from tests.component.discovery import discover
 from tests.unit.hl7_samples import ORU_R01_25
 
 
@@ -32,18 +30,7 @@ class Harness(Protocol):
 
 
 def harnesses() -> dict[str, type[Any]]:
-    found: dict[str, type[Any]] = {"mllp": MllpDestinationHarness, "file": FileDestinationHarness}
-    found["secure_mail"] = SecureMailHarness
-    from tests.component.destination_harness_reporting import ReportingFeedHarness
-
-    found["reporting_feed"] = ReportingFeedHarness
-    try:
-        extra = importlib.import_module("tests.component.destination_harnesses_sftp_amqp")
-    except ModuleNotFoundError:
-        return found
-    for cls in getattr(extra, "HARNESSES", []):
-        found[cls.type] = cls
-    return found
+    return discover("destination_harness")
 
 
 HARNESSES = harnesses()
@@ -64,10 +51,16 @@ async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
 async def destination(harness: Harness, scenario: str, tmp_path: Path) -> Destination:
     options = await harness.config(scenario)
     config = registry.config_model("destination", harness.type).model_validate(options)
-    built: Destination = registry.load("destination", harness.type)(
-        config, BuildContext(tmp_path, "contract")
-    )
+    # A harness may build the component in a project of its own (services, config files).
+    context = harness.context() if hasattr(harness, "context") else BuildContext(tmp_path, "contract")
+    built: Destination = registry.load("destination", harness.type)(config, context)
     return built
+
+
+def sample_for(harness: Harness) -> Message:
+    """The harness's own sample when the destination takes other documents (a CDA for the DSP)."""
+    own: Message = harness.sample() if hasattr(harness, "sample") else sample()
+    return own
 
 
 def sample() -> Message:
@@ -79,10 +72,12 @@ async def test_accepted_message_has_reached_the_peer_when_send_returns(
 ) -> None:
     dest = await destination(harness, "accept", tmp_path)
     try:
-        await dest.send(sample())
+        await dest.send(sample_for(harness))
         # A destination that sends a derived document says what the peer should hold (`expected`).
         assert await harness.delivered() == [getattr(harness, "expected", bytes)(ORU_R01_25)]
-        await dest.send(sample())  # a retried delivery must not fail (idempotent or keep-alive reuse)
+        await dest.send(
+            sample_for(harness)
+        )  # a retried delivery must not fail (idempotent or keep-alive reuse)
     finally:
         await dest.close()
 
@@ -92,7 +87,7 @@ async def test_temporary_trouble_is_retryable(harness: Harness, tmp_path: Path, 
     dest = await destination(harness, scenario, tmp_path)
     try:
         with pytest.raises(RetryableError) as err:
-            await dest.send(sample())
+            await dest.send(sample_for(harness))
         assert str(err.value)
     finally:
         await dest.close()
@@ -102,7 +97,7 @@ async def test_refusal_for_good_is_permanent(harness: Harness, tmp_path: Path) -
     dest = await destination(harness, "permanent", tmp_path)
     try:
         with pytest.raises(PermanentError) as err:
-            await dest.send(sample())
+            await dest.send(sample_for(harness))
         assert str(err.value)
     finally:
         await dest.close()

@@ -11,7 +11,6 @@ A new source type is not complete until it has a harness here: the suite fails o
 from __future__ import annotations
 
 import asyncio
-import importlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,8 +20,7 @@ import pytest
 from engine import registry
 from engine.contracts import BuildContext, Intake, Receipt, Source, Verdict
 from engine.errors import Finding, StoreError
-from tests.component.source_harness_mllp import MllpHarness
-from tests.component.source_harness_smtp import SmtpHarness
+from tests.component.discovery import discover
 
 
 class Harness(Protocol):
@@ -36,16 +34,7 @@ class Harness(Protocol):
 
 
 def harnesses() -> dict[str, type[Any]]:
-    found: dict[str, type[Any]] = {"mllp": MllpHarness, "smtp": SmtpHarness}
-    try:
-        extra = importlib.import_module("tests.component.source_harnesses_sftp_amqp")
-    except ModuleNotFoundError:
-        return found
-    for name in ("SftpHarness", "AmqpHarness"):
-        cls = getattr(extra, name, None)
-        if cls is not None:
-            found[cls.type] = cls
-    return found
+    return discover("source_harness")
 
 
 HARNESSES = harnesses()
