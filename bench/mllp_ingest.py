@@ -71,6 +71,58 @@ asyncio.run(main())
 """
 
 
+BARE = """
+import asyncio, sys, uvloop
+ACK = b"\\x0bMSH|^~\\\\&|R|R|S|S|1||ACK|1|P|2.5\\rMSA|AA|1\\r\\x1c\\r"
+async def handle(reader, writer):
+    try:
+        while True:
+            await reader.readuntil(b"\\x1c\\r")
+            writer.write(ACK)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+uvloop.run(main())
+"""
+# The issue's second reference point: frame, group-commit to SQLite (WAL, synchronous=FULL) in a
+# writer thread, then answer. What any persist-then-ACK engine in Python pays at the least.
+GROUP_COMMIT = """
+import asyncio, queue, sqlite3, sys, threading, uvloop
+ACK = b"\\x0bMSH|^~\\\\&|R|R|S|S|1||ACK|1|P|2.5\\rMSA|AA|1\\r\\x1c\\r"
+jobs = queue.SimpleQueue()
+def writer(loop):
+    db = sqlite3.connect(sys.argv[2], isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL"); db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS m (id INTEGER PRIMARY KEY, raw BLOB)")
+    while True:
+        batch = [jobs.get()]
+        while not jobs.empty():
+            batch.append(jobs.get_nowait())
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany("INSERT INTO m (raw) VALUES (?)", [(raw,) for raw, _ in batch])
+        db.execute("COMMIT")
+        loop.call_soon_threadsafe(lambda futures=[f for _, f in batch]: [f.set_result(None) for f in futures])
+async def handle(reader, writer_):
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            frame = await reader.readuntil(b"\\x1c\\r")
+            done = loop.create_future()
+            jobs.put((frame, done))
+            await done
+            writer_.write(ACK)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        writer_.close()
+async def main():
+    threading.Thread(target=writer, args=(asyncio.get_running_loop(),), daemon=True).start()
+    server = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+    await server.serve_forever()
+uvloop.run(main())
+"""
+
+
 @dataclass
 class Result:
     server: str
@@ -177,6 +229,15 @@ def run_once(connections: int, seconds: float) -> list[Result]:
     results = []
     port = free_port()
     results.append(measure("python-hl7 baseline", start_baseline(port), port, connections, seconds))
+    port = free_port()
+    bare = subprocess.Popen([sys.executable, "-c", BARE, str(port)])
+    results.append(measure("reference: bare asyncio frame + answer", bare, port, connections, seconds))
+    with tempfile.TemporaryDirectory() as folder:
+        port = free_port()
+        minimal = subprocess.Popen([sys.executable, "-c", GROUP_COMMIT, str(port), f"{folder}/m.db"])
+        results.append(
+            measure("reference: frame + SQLite group commit + answer", minimal, port, connections, seconds)
+        )
     for name, channel in (("engine received", RECEIVED), ("engine processed", PROCESSED)):
         with tempfile.TemporaryDirectory() as folder:
             port = free_port()
