@@ -163,16 +163,22 @@ def capture_queue(spec: ChannelSpec, dest: DestinationSpec, capture: Capture, st
 
 
 def intake(source: Any, case: ChannelTest, root: Path) -> Intake:
-    """The Intake the channel's real source would build for this input."""
+    """The Intake the channel's real source would build for this input: the MLLP listener's own
+    (envelope checks, ACK rendering), else what the file and queue sources build (content type
+    sniffed, HL7 identified by MSH-10, anything else by its content hash)."""
+    from engine.formats.hl7v2 import read_header
+    from engine.formats.sniff import content_id, hl7_envelope, sniff
+
     payload = case.payload(root)
     meta = SourceMeta("test", case.peer, case.tls_subject, case.input)
+    content_type = sniff(payload[:4096]) or str(getattr(source.config, "fallback_content_type", "")) or HL7V2
     builder = getattr(source, "intake_for", None)
-    if builder is not None and payload.lstrip()[:3] == b"MSH":
-        from engine.formats.hl7v2 import read_header
-
+    if content_type == HL7V2 and builder is not None:
         return builder(payload, read_header(payload), meta)  # type: ignore[no-any-return]
-    content_type = HL7V2 if payload.lstrip()[:3] == b"MSH" else "application/xml"
-    return Intake(payload, meta, content_type)
+    if content_type == HL7V2:
+        env = hl7_envelope(payload, str(getattr(source.config, "charset", "")), "test")
+        return Intake(payload, meta, HL7V2, env.control_id, env.sender, env.charset, env.problem)
+    return Intake(payload, meta, content_type, content_id(payload), "test")
 
 
 async def final_status(store: Any, message_id: int, timeout: float = 20.0) -> str:
@@ -188,7 +194,9 @@ async def final_status(store: Any, message_id: int, timeout: float = 20.0) -> st
 def judge(
     channel: str, case: ChannelTest, receipt: Receipt, status: str, captures: dict[str, Capture], root: Path
 ) -> CaseResult:
-    result = CaseResult(channel, case.name, summary=f"{ack_code(receipt.response)}, {status}")
+    result = CaseResult(
+        channel, case.name, summary=", ".join(x for x in (ack_code(receipt.response), status) if x)
+    )
     expect = case.expect
     if expect.ack and ack_code(receipt.response) != expect.ack:
         result.failures.append(f"expected ACK {expect.ack}, got {ack_code(receipt.response) or 'no ACK'}")
