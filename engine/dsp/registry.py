@@ -13,17 +13,15 @@ others are `current`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from engine.errors import PasserelleError
+from engine.store.component_db import ComponentDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dsp_document (
@@ -121,42 +119,15 @@ def sort_time(effective_time: str) -> str:
     return (digits[:14]).ljust(14, "0")
 
 
-class Registry:
-    """One connection shared by this process's threads (serialised by a lock)."""
+class Registry(ComponentDatabase):
+    """The DSP's metadata rows (engine/store/component_db.py: one locked connection, FULL sync)."""
 
     def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                    timeout=busy_timeout_ms / 1000)
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
-        self.conn.execute("PRAGMA synchronous=FULL")  # a stored document must survive power loss
-        self.lock = threading.RLock()
+        super().__init__(path, busy_timeout_ms)
         with self.write() as c:
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     c.execute(statement)
-
-    def close(self) -> None:
-        with self.lock:
-            self.conn.close()
-
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """One BEGIN IMMEDIATE transaction: committed on success, rolled back on any error."""
-        with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
-
-    def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self.lock:
-            return self.conn.execute(sql, params).fetchall()
 
     # -- documents -------------------------------------------------------------------------------
 
@@ -169,7 +140,8 @@ class Registry:
                 if existing.sha256 != entry.sha256:
                     raise DocumentConflict(
                         f"document {entry.document_id} is already stored with different content: "
-                        "a new version needs a new document id (and relatedDocument RPLC)")
+                        "a new version needs a new document id (and relatedDocument RPLC)"
+                    )
                 return existing, False
             stored = _insert(c, entry)
         return stored, True
@@ -186,20 +158,23 @@ class Registry:
     def documents(self, query: Query) -> list[Entry]:
         """A patient's documents, newest effective time first."""
         where, params = _filters(query)
-        sql = (f"SELECT {', '.join(COLUMNS)} FROM dsp_document WHERE {where} "
-               "ORDER BY sort_time DESC, id DESC LIMIT ?")
-        return [_entry(row) for row in self._query(sql, (*params, query.limit))]
+        sql = (
+            f"SELECT {', '.join(COLUMNS)} FROM dsp_document WHERE {where} "
+            "ORDER BY sort_time DESC, id DESC LIMIT ?"
+        )
+        return [_entry(row) for row in self.query(sql, (*params, query.limit))]
 
     def count(self) -> int:
-        return int(self._query("SELECT count(*) FROM dsp_document")[0][0])
+        return int(self.query("SELECT count(*) FROM dsp_document")[0][0])
 
     # -- closed DSPs -----------------------------------------------------------------------------
 
     def closure(self, *patients: str) -> Closure | None:
         """The closure of the first of `patients` (matricule, enterprise id) whose DSP is closed."""
         for patient in filter(None, patients):
-            rows = self._query("SELECT patient, closed_at, closed_by, reason FROM dsp_closure "
-                               "WHERE patient = ?", (patient,))
+            rows = self.query(
+                "SELECT patient, closed_at, closed_by, reason FROM dsp_closure WHERE patient = ?", (patient,)
+            )
             if rows:
                 return Closure(*rows[0])
         return None
@@ -207,8 +182,13 @@ class Registry:
     def close_record(self, patient: str, user: str, reason: str) -> bool:
         """Close a patient's DSP (nothing is stored for them any more); False if already closed."""
         with self.write() as c:
-            done = c.execute("INSERT OR IGNORE INTO dsp_closure VALUES (?, ?, ?, ?)",
-                             (patient, time.time(), user, reason)).rowcount == 1
+            done = (
+                c.execute(
+                    "INSERT OR IGNORE INTO dsp_closure VALUES (?, ?, ?, ?)",
+                    (patient, time.time(), user, reason),
+                ).rowcount
+                == 1
+            )
             _audit(c, user, "close", patient, reason)
         return bool(done)
 
@@ -221,8 +201,11 @@ class Registry:
 
     def audit_trail(self, subject: str = "") -> list[tuple[Any, ...]]:
         sql = "SELECT at, user, action, subject, reason FROM dsp_audit"
-        return self._query(sql + " WHERE subject = ? ORDER BY id", (subject,)) if subject else self._query(
-            sql + " ORDER BY id")
+        return (
+            self.query(sql + " WHERE subject = ? ORDER BY id", (subject,))
+            if subject
+            else self.query(sql + " ORDER BY id")
+        )
 
 
 def _filters(q: Query) -> tuple[str, list[Any]]:
@@ -233,8 +216,12 @@ def _filters(q: Query) -> tuple[str, list[Any]]:
     else:
         raise ValueError("a listing needs the patient: a national id (matricule) or an enterprise id")
     until = q.date_to and q.date_to + "235959"
-    for clause, value in (("type_code = ?", q.type_code), ("status = ?", q.status),
-                          ("sort_time >= ?", q.date_from), ("sort_time <= ?", until)):
+    for clause, value in (
+        ("type_code = ?", q.type_code),
+        ("status = ?", q.status),
+        ("sort_time >= ?", q.date_from),
+        ("sort_time <= ?", until),
+    ):
         if value:
             where.append(clause)
             params.append(value)
@@ -244,15 +231,20 @@ def _filters(q: Query) -> tuple[str, list[Any]]:
 def _insert(c: sqlite3.Connection, entry: Entry) -> Entry:
     superseded = c.execute(
         "SELECT 1 FROM dsp_document WHERE replaces = ? OR (set_id = ? AND version > ?) LIMIT 1",
-        (entry.document_id, entry.set_id, entry.version)).fetchone()
+        (entry.document_id, entry.set_id, entry.version),
+    ).fetchone()
     row = {**entry.as_dict(), "status": DEPRECATED if superseded else CURRENT, "stored_at": time.time()}
     values = [json.dumps(row["details"]) if k == "details" else row[k] for k in COLUMNS]
     marks = ", ".join("?" * (len(COLUMNS) + 1))
-    c.execute(f"INSERT INTO dsp_document({', '.join(COLUMNS)}, sort_time) VALUES ({marks})",
-              (*values, sort_time(entry.effective_time)))
-    c.execute("UPDATE dsp_document SET status = ? WHERE status = ? AND document_id != ? AND "
-              "(document_id = ? OR (set_id = ? AND version < ?))",
-              (DEPRECATED, CURRENT, entry.document_id, entry.replaces, entry.set_id, entry.version))
+    c.execute(
+        f"INSERT INTO dsp_document({', '.join(COLUMNS)}, sort_time) VALUES ({marks})",
+        (*values, sort_time(entry.effective_time)),
+    )
+    c.execute(
+        "UPDATE dsp_document SET status = ? WHERE status = ? AND document_id != ? AND "
+        "(document_id = ? OR (set_id = ? AND version < ?))",
+        (DEPRECATED, CURRENT, entry.document_id, entry.replaces, entry.set_id, entry.version),
+    )
     return Entry(**row)
 
 
@@ -268,5 +260,7 @@ def _entry(row: tuple[Any, ...]) -> Entry:
 
 
 def _audit(c: sqlite3.Connection, user: str, action: str, subject: str, reason: str) -> None:
-    c.execute("INSERT INTO dsp_audit(at, user, action, subject, reason) VALUES (?, ?, ?, ?, ?)",
-              (time.time(), user, action, subject, reason))
+    c.execute(
+        "INSERT INTO dsp_audit(at, user, action, subject, reason) VALUES (?, ?, ?, ?, ?)",
+        (time.time(), user, action, subject, reason),
+    )

@@ -13,14 +13,13 @@ mpi_history (link history), mpi_audit (who, when, why), mpi_weights, mpi_meta, m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from engine.store.component_db import ComponentDatabase
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS mpi_identity (
@@ -61,49 +60,22 @@ CREATE TABLE IF NOT EXISTS mpi_delta (
 """
 
 
-class Storage:
-    """One connection shared by the threads of this process (serialised by a lock)."""
+class Storage(ComponentDatabase):
+    """The MPI's tables (engine/store/component_db.py: one locked connection, WAL, FULL sync:
+    a link, merge or review decision and its audit row must survive a power loss)."""
 
     def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self.conn = sqlite3.connect(
-            path, isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000
-        )
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.lock = threading.RLock()
+        super().__init__(path, busy_timeout_ms)
         self._create()
 
     def _create(self) -> None:
         with self.lock:
             self.conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
 
-    @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE): committed on success, rolled back on error."""
-        with self.lock:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
-
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        with self.lock:
-            return self.conn.execute(sql, params).fetchall()
-
     def one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         with self.lock:
             row: tuple[Any, ...] | None = self.conn.execute(sql, params).fetchone()
             return row
-
-    def close(self) -> None:
-        with self.lock:
-            self.conn.close()
 
     # -- meta ----------------------------------------------------------------------------------
 
