@@ -32,7 +32,7 @@ destinations:
     type: mllp
     host: 127.0.0.1
     port: {downstream}
-    queue: {{order_by: PID-3.1, concurrency: 8, initial_backoff: 0.05, max_backoff: 0.5}}
+    queue: {{order_by: "PID-3[2].1", concurrency: 8, initial_backoff: 0.05, max_backoff: 0.5}}
 """
 
 
@@ -125,7 +125,8 @@ def wait_until_delivered(receiver: MllpReceiver, expected: set[str]) -> None:
 
 
 def assert_per_patient_order(payloads: list[bytes]) -> None:
-    """Per sender (= patient), first deliveries come in sending order (redeliveries may repeat)."""
+    """Per sender (= patient, PID-3[2] local id: the ordering key), first deliveries come in sending
+    order; different patients run in parallel (redeliveries may repeat)."""
     first_seen: dict[str, list[int]] = {}
     for control in dict.fromkeys(control_ids(payloads)):
         sender, number = control[1:].split("N")
