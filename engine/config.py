@@ -102,10 +102,11 @@ class AlertRule(Strict):
 
     name: str
     """Alert name (dashboard banner and the `alert` label of `passerelle_alert_active`)."""
-    kind: Literal["queue_depth", "error_rate", "oldest_age", "channel_down"]
+    kind: Literal["queue_depth", "error_rate", "oldest_age", "channel_down", "reporting_overdue"]
     """`queue_depth`: open deliveries > threshold; `error_rate`: fraction of messages rejected or failed
     for good over `window` > threshold; `oldest_age`: seconds the oldest open delivery waits > threshold;
-    `channel_down`: the channel's source is not listening."""
+    `channel_down`: the channel's source is not listening; `reporting_overdue`: notifiable-disease
+    reports still undelivered after `timeliness.alert_after_seconds` (config/reporting.yaml) > threshold."""
     channel: str = "*"
     """Channels watched (a glob: `lab-*`)."""
     destination: str = "*"

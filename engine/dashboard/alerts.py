@@ -30,6 +30,10 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     active = []
     for rule in rules:
+        if rule.kind == "reporting_overdue":  # platform-wide, not per channel
+            overdue = float(snapshot.get("reporting_overdue", 0))
+            active += [alert(rule, "", "", overdue)] if overdue > rule.threshold else []
+            continue
         for channel in snapshot["channels"]:
             if fnmatchcase(channel["name"], rule.channel):
                 active.extend(channel_alerts(rule, channel, history.get(channel["name"], deque())))

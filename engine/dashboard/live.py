@@ -36,6 +36,13 @@ HISTORY = 3601  # samples kept for windowed alert rates (up to an hour)
 TICK = 1.0
 
 
+def overdue_reports() -> float:
+    """The notifiable-disease feed's overdue count, kept by its scheduler (engine/reporting)."""
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value("passerelle_reporting_overdue_reports") or 0.0
+
+
 def source_up(source: object) -> bool:
     """Whether a source is taking messages: a listening server, or a running polling task."""
     server = getattr(source, "server", None)
@@ -108,7 +115,12 @@ class Live:
         await self._refresh_counts(names)
         now = time.time()
         views = [self._channel(c, queues, now) for c in channels]
-        snapshot: dict[str, Any] = {"at": now, "channels": views, "alerts": []}
+        snapshot: dict[str, Any] = {
+            "at": now,
+            "channels": views,
+            "alerts": [],
+            "reporting_overdue": overdue_reports(),
+        }
         snapshot["alerts"] = evaluate(self.rules, snapshot, self._history)
         self._export(snapshot)
         self.snapshot = snapshot

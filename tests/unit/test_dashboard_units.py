@@ -118,3 +118,17 @@ async def test_requeue_reopens_a_dead_delivery_and_its_queue_sends_it(store: Sql
     assert await store.requeue_delivery(delivery_id) is None  # sent: nothing to resend
     await queue.stop(1)
     await asyncio.sleep(0)
+
+
+def test_an_overdue_notifiable_report_raises_the_platform_alert() -> None:
+    from collections import deque
+
+    from engine.config import AlertRule
+    from engine.dashboard.alerts import evaluate
+
+    rule = AlertRule(name="notifiable-report-overdue", kind="reporting_overdue", threshold=0)
+    quiet = {"channels": [], "reporting_overdue": 0.0}
+    late = {"channels": [], "reporting_overdue": 2.0}
+    assert evaluate([rule], quiet, {}) == []
+    [active] = evaluate([rule], late, {"x": deque()})
+    assert active["name"] == "notifiable-report-overdue" and active["value"] == 2.0
