@@ -25,8 +25,9 @@ from typing import ParamSpec, TypeVar
 
 import pika
 
-from engine.connectors.amqp.client import AmqpError, BrokerConfig, Connection, Publisher, Unroutable
+from engine.connectors.amqp.client import BrokerConfig
 from engine.connectors.amqp.client import parameters as connection_parameters
+from engine.connectors.amqp.link import PublisherLink
 from engine.contracts import BuildContext
 from engine.errors import ParseError, PermanentError, RetryableError
 from engine.message import HL7V2, Message
@@ -74,11 +75,15 @@ class ReportingFeed:
         self.catalogue: Catalogue = load_catalogue(context.path(config.catalogue))
         self.context = context
         self._cases: CaseStore | None = None
-        self.params = connection_parameters(config, context)
         self.where = f"{config.host}:{config.port}"
-        self._connection: Connection | None = None
-        self._publisher: Publisher | None = None
-        self._lock = asyncio.Lock()
+        self.link = PublisherLink(
+            connection_parameters(config, context),
+            self.where,
+            config.exchange,
+            config.exchange_type,
+            config.connect_timeout,
+            config.operation_timeout,
+        )
 
     async def send(self, message: Message) -> bytes | None:
         detection = self.detection(message)
@@ -88,7 +93,7 @@ class ReportingFeed:
         return None
 
     async def close(self) -> None:
-        await self._drop()
+        await self.link.drop()
 
     @property
     def cases(self) -> CaseStore:
@@ -171,48 +176,7 @@ class ReportingFeed:
                 "x-disease": case.disease,
             },
         )
-        publisher = await self._connected()
-        try:
-            await publisher.publish(
-                self.config.exchange, routing_key, body, properties, self.config.operation_timeout
-            )
-        except Unroutable as err:
-            raise RetryableError(
-                f"{self.where}: exchange {self.config.exchange!r}, routing key {routing_key!r}: {err}"
-            ) from err
-        except AmqpError as err:
-            await self._drop()
-            raise RetryableError(f"publishing to {self.where} failed: {err}") from err
-
-    async def _connected(self) -> Publisher:
-        async with self._lock:
-            if self._publisher is not None and self._publisher.channel.is_open:
-                return self._publisher
-            await self._drop()
-            try:
-                self._publisher = await self._open()
-            except AmqpError as err:
-                await self._drop()
-                raise RetryableError(f"cannot publish to {self.where}: {err}") from err
-            return self._publisher
-
-    async def _open(self) -> Publisher:
-        self._connection = await Connection.open(self.params, self.config.connect_timeout)
-        channel = await self._connection.channel(self.config.connect_timeout)
-        if self.config.exchange_type:
-            await channel.call(
-                "exchange_declare",
-                self.config.operation_timeout,
-                exchange=self.config.exchange,
-                exchange_type=self.config.exchange_type,
-                durable=True,
-            )
-        return await Publisher(channel).enable(self.config.operation_timeout)
-
-    async def _drop(self) -> None:
-        connection, self._connection, self._publisher = self._connection, None, None
-        if connection is not None:
-            await connection.aclose()
+        await self.link.publish(routing_key, body, properties)
 
 
 def _database(config: Config, context: BuildContext) -> Path:

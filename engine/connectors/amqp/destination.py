@@ -13,16 +13,16 @@ The AMQP message_id is the control id (receivers de-duplicate on it), else `<cha
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pika
 from pydantic import Field
 
-from engine.connectors.amqp.client import AmqpError, BrokerConfig, Connection, Publisher, Unroutable
+from engine.connectors.amqp.client import BrokerConfig
 from engine.connectors.amqp.client import parameters as connection_parameters
+from engine.connectors.amqp.link import PublisherLink
 from engine.contracts import BuildContext
-from engine.errors import ParseError, PermanentError, RetryableError
+from engine.errors import ParseError, PermanentError
 from engine.formats.hl7v2 import read_header
 from engine.message import HL7V2, Message
 
@@ -40,85 +40,69 @@ class Config(BrokerConfig):
 
 AmqpDestinationConfig = Config  # the name annotations use (`Config` is also a class attribute)
 
-EXAMPLE = {"type": "amqp", "name": "bus", "host": "rabbitmq.internal", "exchange": "passerelle.results",
-           "exchange_type": "topic", "routing_key": "lab.{message_code}.{trigger_event}",
-           "headers": {"x-source-channel": "{channel}"}}
+EXAMPLE = {
+    "type": "amqp",
+    "name": "bus",
+    "host": "rabbitmq.internal",
+    "exchange": "passerelle.results",
+    "exchange_type": "topic",
+    "routing_key": "lab.{message_code}.{trigger_event}",
+    "headers": {"x-source-channel": "{channel}"},
+}
 
 
 class AmqpDestination:
-    Config = Config
-
     def __init__(self, config: AmqpDestinationConfig, context: BuildContext) -> None:
         self.config = config
-        self.params = connection_parameters(config, context)
         self.where = f"{config.host}:{config.port}"
-        self._connection: Connection | None = None
-        self._publisher: Publisher | None = None
-        self._lock = asyncio.Lock()
+        self.link = PublisherLink(
+            connection_parameters(config, context),
+            self.where,
+            config.exchange,
+            config.exchange_type,
+            config.connect_timeout,
+            config.operation_timeout,
+        )
 
     @property
     def confirmed(self) -> int:
         """Publisher confirms received on the current channel (for tests and metrics)."""
-        return self._publisher.confirmed if self._publisher is not None else 0
+        return self.link.confirmed
 
     async def send(self, message: Message) -> bytes | None:
         fields = template_fields(message)
         routing_key = render(self.config.routing_key, fields, "routing_key")
-        headers = {name: render(value, fields, f"headers.{name}")
-                   for name, value in self.config.headers.items()}
+        headers = {
+            name: render(value, fields, f"headers.{name}") for name, value in self.config.headers.items()
+        }
         properties = pika.BasicProperties(
-            content_type=message.content_type, delivery_mode=2, timestamp=int(time.time()),
+            content_type=message.content_type,
+            delivery_mode=2,
+            timestamp=int(time.time()),
             message_id=message.control_id or f"{message.channel}-{message.id}",
-            headers={"x-passerelle-channel": message.channel, "x-passerelle-message-id": message.id,
-                     **headers},
+            headers={
+                "x-passerelle-channel": message.channel,
+                "x-passerelle-message-id": message.id,
+                **headers,
+            },
         )
-        publisher = await self._connected()
-        try:
-            await publisher.publish(self.config.exchange, routing_key, message.content(), properties,
-                                    self.config.operation_timeout)
-        except Unroutable as err:
-            raise RetryableError(f"{self.where}: exchange {self.config.exchange!r}, routing key "
-                                 f"{routing_key!r}: {err}") from err
-        except AmqpError as err:
-            await self._drop()
-            raise RetryableError(f"publishing to {self.where} failed: {err}") from err
+        await self.link.publish(routing_key, message.content(), properties)
         return None
 
     async def close(self) -> None:
-        await self._drop()
-
-    async def _connected(self) -> Publisher:
-        async with self._lock:
-            if self._publisher is not None and self._publisher.channel.is_open:
-                return self._publisher
-            await self._drop()
-            try:
-                self._publisher = await self._open()
-            except AmqpError as err:
-                await self._drop()
-                raise RetryableError(f"cannot publish to {self.where}: {err}") from err
-            return self._publisher
-
-    async def _open(self) -> Publisher:
-        self._connection = await Connection.open(self.params, self.config.connect_timeout)
-        channel = await self._connection.channel(self.config.connect_timeout)
-        if self.config.exchange_type:
-            config = self.config
-            await channel.call("exchange_declare", config.operation_timeout, exchange=config.exchange,
-                               exchange_type=config.exchange_type, durable=True)
-        return await Publisher(channel).enable(self.config.operation_timeout)
-
-    async def _drop(self) -> None:
-        connection, self._connection, self._publisher = self._connection, None, None
-        if connection is not None:
-            await connection.aclose()
+        await self.link.drop()
 
 
 def template_fields(message: Message) -> dict[str, object]:
-    fields: dict[str, object] = {"channel": message.channel, "id": message.id or 0,
-                                 "control_id": message.control_id, "sender": message.sender,
-                                 "content_type": message.content_type, "message_code": "",
-                                 "trigger_event": ""}
+    fields: dict[str, object] = {
+        "channel": message.channel,
+        "id": message.id or 0,
+        "control_id": message.control_id,
+        "sender": message.sender,
+        "content_type": message.content_type,
+        "message_code": "",
+        "trigger_event": "",
+    }
     if message.content_type == HL7V2:
         try:
             header = read_header(message.content())
