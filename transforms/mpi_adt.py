@@ -25,8 +25,6 @@ StepConfig = Config  # the annotation below must not resolve to the class attrib
 
 
 class MpiAdt:
-    Config = Config
-
     def __init__(self, config: StepConfig, context: BuildContext) -> None:
         self.config = config
         self.context = context

@@ -44,8 +44,6 @@ StepConfig = Config  # the annotation below must not resolve to the class attrib
 
 
 class ResolvePatient:
-    Config = Config
-
     def __init__(self, config: StepConfig, context: BuildContext) -> None:
         self.config = config
         self.context = context

@@ -45,8 +45,6 @@ SchematronConfig = Config
 
 
 class ValidateSchematron:
-    Config = Config
-
     def __init__(self, config: SchematronConfig, context: BuildContext) -> None:
         self.config = config
         self.registry = registry(context.root, config.cache_dir)

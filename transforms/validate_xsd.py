@@ -32,8 +32,6 @@ XsdConfig = Config
 
 
 class ValidateXsd:
-    Config = Config
-
     def __init__(self, config: XsdConfig, context: BuildContext) -> None:
         self.config = config
         schema = config.schema_name

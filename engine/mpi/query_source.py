@@ -30,8 +30,6 @@ SourceConfig = Config  # the annotation below must not resolve to the class attr
 
 
 class PixPdqSource(MllpSource):
-    Config = Config
-
     def __init__(self, config: SourceConfig, context: BuildContext) -> None:
         super().__init__(config, context)
         self.context = context

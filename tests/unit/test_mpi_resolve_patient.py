@@ -15,6 +15,7 @@ from engine.mpi.pix_pdq import respond
 from engine.mpi.service import Mpi, mpi_from
 from tests.unit.hl7_samples import ADT_A01_23, ORU_R01_25
 from tests.unit.mpi_fixtures import make_mpi
+from transforms.mpi_adt import Config as MpiAdtConfig
 from transforms.mpi_adt import MpiAdt
 from transforms.resolve_patient import Config, ResolvePatient
 
@@ -91,7 +92,7 @@ def adt(event: str, pid: str, extra: str = "") -> bytes:
 
 def test_adt_feed_creates_merges_and_unlinks(context: BuildContext) -> None:
     mpi: Mpi = context.services["mpi"]
-    feed = MpiAdt(MpiAdt.Config(), context)
+    feed = MpiAdt(MpiAdtConfig(), context)
     out = feed(message(ADT_A01_23))
     assert out.vars["mpi_adt"] == "resolved" and out.vars["mpi_outcome"] in ("linked", "review", "new")
     linked = adt(

@@ -38,7 +38,7 @@ class Config(BrokerConfig):
     """Extra headers, each a template like the routing key."""
 
 
-AmqpDestinationConfig = Config  # the name annotations use (`Config` is also a class attribute)
+AmqpDestinationConfig = Config  # a distinct name for annotations
 
 EXAMPLE = {
     "type": "amqp",

@@ -86,7 +86,7 @@ class Config(BrokerConfig):
     requeue), so that a failing store is not hammered by immediate redeliveries."""
 
 
-AmqpSourceConfig = Config  # the name annotations use (`Config` is also a class attribute)
+AmqpSourceConfig = Config  # a distinct name for annotations
 
 EXAMPLE = {"type": "amqp", "host": "rabbitmq.internal", "queue": "passerelle.lab-results",
            "password": "${file:config/secrets/amqp-password}",
@@ -95,8 +95,6 @@ EXAMPLE = {"type": "amqp", "host": "rabbitmq.internal", "queue": "passerelle.lab
 
 
 class AmqpSource:
-    Config = Config
-
     def __init__(self, config: AmqpSourceConfig, context: BuildContext) -> None:
         self.config = config
         self.channel_name = context.channel

@@ -50,7 +50,7 @@ class Config(ComponentConfig):
     """Seconds any single SFTP operation may take."""
 
 
-SftpDestinationConfig = Config  # the name annotations use (`Config` is also a class attribute)
+SftpDestinationConfig = Config  # a distinct name for annotations
 
 EXAMPLE = {"type": "sftp", "name": "archive-ris", "host": "sftp.ris.example", "username": "passerelle",
            "private_key": "config/ssh/id_ed25519", "known_hosts": "config/ssh/known_hosts",
@@ -58,8 +58,6 @@ EXAMPLE = {"type": "sftp", "name": "archive-ris", "host": "sftp.ris.example", "u
 
 
 class SftpDestination:
-    Config = Config
-
     def __init__(self, config: SftpDestinationConfig, context: BuildContext) -> None:
         self.config = config
         self.endpoint = Endpoint(config.host, config.port, config.username, context.path(config.private_key),

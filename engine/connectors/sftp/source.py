@@ -111,7 +111,7 @@ class Config(ComponentConfig):
     """Upper bound of the wait between reconnection attempts."""
 
 
-SftpSourceConfig = Config  # the name annotations use (`Config` is also a class attribute)
+SftpSourceConfig = Config  # a distinct name for annotations
 
 EXAMPLE = {"type": "sftp", "host": "sftp.lab-b.example", "username": "passerelle",
            "private_key": "config/ssh/id_ed25519", "known_hosts": "config/ssh/known_hosts",
@@ -140,8 +140,6 @@ class Outcome:
 
 
 class SftpSource:
-    Config = Config
-
     def __init__(self, config: SftpSourceConfig, context: BuildContext) -> None:
         self.config = config
         self.channel = context.channel
