@@ -7,9 +7,22 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine.connectors.amqp.client import BrokerConfig
+
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class AggregatePublish(BrokerConfig):
+    """Where each weekly aggregate is published (RabbitMQ, persistent, publisher confirms)."""
+
+    exchange: str = "domi.aggregates"
+    """Exchange the aggregate CSV is published to (declared durable)."""
+    exchange_type: str = "topic"
+    """Type of the exchange when declared."""
+    routing_key: str = "domi.aggregate.weekly"
+    """Routing key of the aggregate message (mandatory routing: unroutable is retried)."""
 
 
 class AggregateSettings(Model):
@@ -31,6 +44,8 @@ class AggregateSettings(Model):
     """Postal-code prefix -> region code (NUTS); the longest matching prefix wins."""
     default_region: str = "UNK"
     """Region of a patient whose postal code matches no prefix (or is missing)."""
+    publish: AggregatePublish | None = None
+    """Also publish each aggregate over AMQP; it is retried every timeliness check until confirmed."""
 
 
 class TimelinessSettings(Model):

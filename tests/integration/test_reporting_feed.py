@@ -184,3 +184,49 @@ async def test_a_message_with_nothing_notifiable_is_skipped(
     )
     assert await dest.send(message) is None
     await dest.close()
+
+
+async def test_weekly_aggregate_is_published_and_kept_until_the_broker_confirms(
+    tmp_path: Path, broker: RabbitMq
+) -> None:
+    from engine.reporting.scheduler import ReportingJobs
+    from engine.reporting.settings import ReportingSettings
+    from tests.support.engine_process import free_port
+
+    exchange = f"aggregates-{secrets.token_hex(3)}"
+    with broker.connection() as conn:  # the European reporting interface's queue
+        ch = conn.channel()
+        ch.exchange_declare(exchange, "topic", durable=True)
+        ch.queue_declare(f"{exchange}.inbox", durable=True)
+        ch.queue_bind(f"{exchange}.inbox", exchange, "domi.aggregate.#")
+
+    def jobs(port: int) -> ReportingJobs:
+        settings = ReportingSettings.model_validate(
+            {
+                "catalogue": str(SHIPPED),
+                "aggregates": {
+                    "directory": "agg",
+                    "publish": {"port": port, "exchange": exchange, "connect_timeout": 2},
+                },
+            }
+        )
+        return ReportingJobs(tmp_path, tmp_path / "cases.db", settings)
+
+    down = jobs(free_port())  # the broker is unreachable when the week is closed
+    written = await down.aggregate("2025-W11")
+    assert written is not None and written.exists()
+    assert (tmp_path / "agg" / ".domi-aggregate-2025-W11.csv.unsent").exists()
+    up = jobs(broker.port)  # later (or after a restart): the next check sends what is pending
+    assert await up.publish_pending() == 1
+    assert not (tmp_path / "agg" / ".domi-aggregate-2025-W11.csv.unsent").exists()
+    assert await up.publish_pending() == 0  # sent once
+    assert up.link is not None
+    await up.link.drop()
+    with broker.connection() as conn:
+        method, properties, body = conn.channel().basic_get(f"{exchange}.inbox", auto_ack=True)
+    assert method is not None and properties.message_id == "domi-aggregate-2025-W11"
+    assert body == written.read_bytes()
+    assert (
+        body.splitlines()[0]
+        == b"ReportingCountry,Subject,DateUsedForStatisticsISOWeek,AgeGroup,Gender,Region,NumberOfCases"
+    )
