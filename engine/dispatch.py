@@ -17,6 +17,7 @@ take over a dead worker's deliveries and keys released by others (store/base.py)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -82,6 +83,8 @@ class DestinationQueue:
         self._workers: list[asyncio.Task[None]] = []
         self._rescans: asyncio.Task[None] | None = None
         self.in_flight = 0
+        self._idle = asyncio.Event()  # set while no attempt is in flight (shutdown waits on it)
+        self._idle.set()
         self.last_error = ""
         self.meter = metrics.destination_meter(channel, name)  # outcome counters (dashboard, /metrics)
 
@@ -104,11 +107,13 @@ class DestinationQueue:
             self._rescans.cancel()
         for timer in self._timers:
             timer.cancel()
-        if self._workers:
-            _, pending = await asyncio.wait(self._workers, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        # Workers between attempts hold nothing (waiting for a slot, for work or for a key's turn):
+        # cancelling them is safe, and their deliveries stay open in the store for the next start.
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
         await self.destination.close()
 
     def offer(self, delivery_id: int, message: Message, order_key: str) -> None:
@@ -166,6 +171,7 @@ class DestinationQueue:
     async def _attempt(self, work: Work) -> None:
         message = work.message = work.message or await self.load_message(work.message_id)
         self.in_flight += 1
+        self._idle.clear()
         work.attempts += 1
         try:
             response = await self.destination.send(message)
@@ -184,6 +190,8 @@ class DestinationQueue:
             await self._finish(work, "sent", "", response)
         finally:
             self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
 
     async def _failed(self, work: Work, error: str) -> None:
         self.last_error = error

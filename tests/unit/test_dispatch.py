@@ -183,3 +183,19 @@ def test_backoff_grows_and_is_capped() -> None:
     assert [backoff(config, n) for n in (1, 2, 3, 4)] == [1, 2, 4, 5]
     jittered = QueueConfig(initial_backoff=10, jitter=0.2)
     assert all(8 <= backoff(jittered, 1) <= 12 for _ in range(100))
+
+
+async def test_stop_waits_for_attempts_in_flight_only(store: SqliteStore) -> None:
+    """Regression: SIGTERM took the whole shutdown_timeout when workers were idle or parked."""
+    peer = Peer({f"m{i}": ["retry"] * 50 for i in range(20)})
+    queue = make_queue(store, peer, order_by="PID-3.1", concurrency=4, max_in_memory=10,
+                       initial_backoff=30, max_backoff=30)
+    queue.start()
+    for i in range(20):
+        await enqueue(store, queue, f"m{i}", "same-patient")  # one key: the rest park behind it
+    for _ in range(200):
+        if peer.attempts:
+            break
+        await asyncio.sleep(0.01)
+    # nothing is in flight now (the first delivery waits 30 s for its retry): stop must not wait
+    await asyncio.wait_for(queue.stop(timeout=600), timeout=30)
