@@ -73,6 +73,7 @@ class Sample:
     rss_mb: float
     open_fds: int
     stored: dict[str, int]
+    backlog: int
     errors: int
 
 
@@ -153,10 +154,13 @@ def resources(pid: int) -> tuple[float, int]:
     return rss / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def stored(db: Path) -> dict[str, int]:
+def stored(db: Path) -> tuple[dict[str, int], int]:
+    """Messages stored per channel, and deliveries still open (the backlog, all channels)."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return dict(conn.execute("SELECT channel, count(*) FROM messages GROUP BY channel").fetchall())
+        counts = dict(conn.execute("SELECT channel, count(*) FROM messages GROUP BY channel").fetchall())
+        open_ = conn.execute("SELECT count(*) FROM deliveries WHERE status IN ('queued', 'retrying')")
+        return counts, int(open_.fetchone()[0])
     finally:
         conn.close()
 
