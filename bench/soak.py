@@ -173,6 +173,7 @@ def sample(minute: float, load: MllpLoad, interval: float, pid: int, db: Path) -
     def pct(p: float) -> float:
         return 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * p))] if latencies else 0.0
 
+    counts, backlog = stored(db)
     return Sample(
         round(minute, 1),
         len(latencies) / interval,
@@ -181,7 +182,8 @@ def sample(minute: float, load: MllpLoad, interval: float, pid: int, db: Path) -
         pct(0.99),
         round(rss, 1),
         fds,
-        stored(db),
+        counts,
+        backlog,
         errors,
     )
 
@@ -193,11 +195,15 @@ def verdict(samples: list[Sample]) -> dict[str, object]:
     rss_growth = statistics.mean(s.rss_mb for s in last) / statistics.mean(s.rss_mb for s in first) - 1
     fd_growth = statistics.mean(s.open_fds for s in last) - statistics.mean(s.open_fds for s in first)
     errors = sum(s.errors for s in samples)
+    backlog_growth = statistics.mean(s.backlog for s in last) - statistics.mean(s.backlog for s in first)
+    keeping_up = backlog_growth <= 2 * samples[-1].mllp_msgs_per_s  # within a couple of seconds of load
     return {
         "rss_growth": round(rss_growth, 3),
         "fd_growth": round(fd_growth, 1),
         "mllp_errors": errors,
-        "flat": rss_growth < 0.10 and fd_growth <= 10 and errors == 0,
+        "backlog_growth": round(backlog_growth),
+        "keeping_up": keeping_up,
+        "flat": rss_growth < 0.10 and fd_growth <= 10 and errors == 0 and keeping_up,
     }
 
 
