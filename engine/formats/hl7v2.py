@@ -565,6 +565,15 @@ def _put(items: list[str], index: int, value: str, keep: int = 1) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _nth(value: str, separator: str, n: int) -> str:
+    """The n-th (1-based) part of `value` split on `separator`; '' when there is none.
+    (No split at all in the common case of a value without the separator.)"""
+    if separator not in value:
+        return value if n == 1 else ""
+    parts = value.split(separator)
+    return parts[n - 1] if n <= len(parts) else ""
+
+
 class Hl7Message:
     """An HL7 v2 message, split into segments at construction and into fields on first access.
 
@@ -663,21 +672,9 @@ class Hl7Message:
     def _within(self, value: str, comp: int, sub: int) -> str:
         """Component/subcomponent of one repetition; leaves are unescaped, others kept encoded."""
         if comp:
-            if self._comp in value:
-                parts = value.split(self._comp)
-                if comp > len(parts):
-                    return ""
-                value = parts[comp - 1]
-            elif comp > 1:
-                return ""
+            value = _nth(value, self._comp, comp)
             if sub:
-                if self._sub in value:
-                    parts = value.split(self._sub)
-                    if sub > len(parts):
-                        return ""
-                    value = parts[sub - 1]
-                elif sub > 1:
-                    return ""
+                value = _nth(value, self._sub, sub)
             elif self._sub in value:
                 return value
         elif self._comp in value or self._sub in value:
@@ -693,14 +690,7 @@ class Hl7Message:
         field = self._field(i, p)
         if p.field <= 2 and p.seg == "MSH":
             return field if rep == 1 and not p.comp else ""
-        if self._rep in field:
-            reps = field.split(self._rep)
-            if rep > len(reps):
-                return ""
-            field = reps[rep - 1]
-        elif rep > 1:
-            return ""
-        return self._within(field, p.comp, p.sub)
+        return self._within(_nth(field, self._rep, rep), p.comp, p.sub)
 
     def _repetitions(self, i: int, p: _Path) -> list[str]:
         field = self._field(i, p)
