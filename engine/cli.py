@@ -270,11 +270,8 @@ def cmd_store(args: argparse.Namespace) -> int:
 
 async def reencrypt_store(project: Project) -> int:
     from engine.store import open_store
-    from engine.store.sqlite import SqliteStore
 
     store = open_store(project.engine.store, project.root)
-    if not isinstance(store, SqliteStore):
-        raise ConfigError([f"{project.root}: re-encryption is implemented for the SQLite store"])
     await store.open()
     try:
         return await store.reencrypt()

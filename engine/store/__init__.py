@@ -15,7 +15,12 @@ def open_store(config: StoreConfig, root: Path) -> Store:
         from engine.store.postgres import PostgresStore
 
         return PostgresStore(
-            config.dsn, config.pool_size, config.max_batch, config.retention_days, config.lease_seconds
+            config.dsn,
+            config.pool_size,
+            config.max_batch,
+            config.retention_days,
+            config.lease_seconds,
+            payload_cipher(config, root),
         )
     from engine.store.sqlite import SqliteStore
 

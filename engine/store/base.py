@@ -41,6 +41,7 @@ OPEN_DELIVERY_STATUSES = frozenset({"queued", "retrying"})
 # In `IntakeResult.delivery_ids` and `processed()`: a delivery created but owned by no worker yet
 # (another worker owns an older open delivery of its key); a later claim scan picks it up.
 NOT_OWNED = 0
+NOT_ENCRYPTED = "encryption is not configured for this store (engine.yaml: store.encryption)"
 
 
 def findings_to_json(findings: tuple[Finding, ...] | list[Finding]) -> str | None:
@@ -218,6 +219,12 @@ class Store(ABC):
         """Re-open a `dead` or `rejected` delivery (an operator's resend): status `queued`, due now,
         attempts and age kept; its message goes back to `queued`. Both changes are events. Returns
         the re-opened delivery for its running queue, or None when it was not dead or rejected."""
+
+    @abstractmethod
+    async def reencrypt(self, batch: int = 500) -> int:
+        """Encrypt every payload with the active key (key rotation, and payloads stored before
+        encryption was enabled), one page of `batch` rows per transaction, while the engine runs;
+        returns the rows rewritten. StoreError without configured keys."""
 
     @abstractmethod
     async def record_channel_version(self, channel: str, version: str, content: str) -> None:

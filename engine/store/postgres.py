@@ -33,6 +33,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from engine.errors import StoreError
 from engine.store.base import (
+    NOT_ENCRYPTED,
     OPEN_DELIVERY_STATUSES,
     DeliveryUpdate,
     IntakeRecord,
@@ -42,7 +43,18 @@ from engine.store.base import (
     Store,
     StoredMessage,
 )
+from engine.store.cipher import PayloadCipher
 from engine.store.pg_schema import drop_expired_months, migrate, month_bounds, month_key
+from engine.store.rows import CONTENT_COLUMNS, MESSAGE_COLUMNS, intake_values, stored_message, stored_select
+from engine.store.sealing import (
+    SEALED_TABLES,
+    SealedTable,
+    clear_message,
+    resealed,
+    seal_intake,
+    seal_processed,
+    seal_update,
+)
 from engine.store.sqlite import RESEND_NOTE
 
 log = structlog.get_logger("passerelle.store")
@@ -51,10 +63,10 @@ Conn = AsyncConnection[tuple[Any, ...]]
 Rows = list[tuple[Any, ...]]
 MAINTENANCE_SECONDS = 3600.0
 LEASE_LOST_EXIT = 75  # exit status of a worker that lost its lease (EX_TEMPFAIL: restart it)
-_MESSAGE_COLUMNS = (
-    "m.id, m.channel, m.channel_version, m.received_at, m.content_type, m.source_type, m.peer,"
-    " m.tls_subject, m.filename, m.control_id, m.sender, m.status, m.ack_code, m.findings,"
-    " c.raw, c.transformed, c.response"
+_MESSAGE_COLUMNS = stored_select("m", "c")
+_INTAKE = (
+    f"SELECT * FROM passerelle_intake({', '.join(['%s'] * (len(MESSAGE_COLUMNS) + len(CONTENT_COLUMNS)))},"
+    " %s::text[], %s::text[], %s)"
 )
 _WITH_CONTENT = "messages m JOIN contents c ON c.message_id = m.id AND c.received_at = m.received_at"
 _DELIVERY_COLUMNS = "id, message_id, destination, status, order_key, attempts, created_at, next_attempt_at"
@@ -124,8 +136,10 @@ class PostgresStore(Store):
         max_batch: int = 512,
         retention_days: int = 0,
         lease_seconds: float = 15.0,
+        cipher: PayloadCipher | None = None,
     ) -> None:
         self.dsn = dsn
+        self.cipher = cipher
         self.pool_size = pool_size
         self.max_batch = max_batch
         self.retention_days = retention_days
@@ -365,57 +379,90 @@ class PostgresStore(Store):
             cur = await conn.execute(sql.encode(), {**params, "me": self.worker_id})
             return await cur.fetchall()
 
+    # -- encryption at rest (engine/store/sealing.py) -----------------------------------------
+
+    def _clear(self, row: tuple[Any, ...]) -> StoredMessage:
+        return clear_message(self.cipher, stored_message(row))
+
+    async def reencrypt(self, batch: int = 500) -> int:
+        """Move every payload to the active key, one page per transaction, while workers run: the
+        page's rows are locked (FOR UPDATE) from their read to their update, so a worker's write to
+        one of them waits for the page instead of being overwritten by its older value."""
+        cipher = self.cipher
+        if cipher is None:
+            raise StoreError(NOT_ENCRYPTED)
+        total = 0
+        for table in SEALED_TABLES:
+            after: int | None = 0
+            while after is not None:
+                after, moved = await self._reencrypt_page(cipher, table, after, batch)
+                total += moved
+        return total
+
+    async def _reencrypt_page(
+        self, cipher: PayloadCipher, table: SealedTable, after: int, batch: int
+    ) -> tuple[int | None, int]:
+        """Re-encrypt the rows of `table` after key `after`: (last key of the page or None when
+        done, rows rewritten)."""
+        columns = ", ".join(table.columns)
+        assignments = ", ".join(f"{c} = %s" for c in table.columns)
+        async with self._connection() as conn, conn.transaction():
+            cur = await conn.execute(
+                f"SELECT {table.key}, received_at, {columns} FROM {table.name} WHERE {table.key} > %s"
+                f" ORDER BY {table.key} LIMIT %s FOR UPDATE".encode(),
+                (after, batch),
+            )
+            rows = await cur.fetchall()
+            updates = []
+            for key, received_at, *values in rows:
+                sealed = resealed(cipher, table, tuple(values))
+                if sealed is not None:
+                    updates.append((*sealed, key, received_at))
+            if updates:
+                async with conn.cursor() as writer:
+                    await writer.executemany(
+                        f"UPDATE {table.name} SET {assignments}"
+                        f" WHERE {table.key} = %s AND received_at = %s".encode(),
+                        updates,
+                    )
+        return (rows[-1][0] if rows else None), len(updates)
+
     # -- the interface -------------------------------------------------------------------------
 
     async def intake(self, r: IntakeRecord) -> IntakeResult:
         params = (
-            r.channel,
-            r.channel_version,
-            r.received_at,
-            r.content_type,
-            r.source_type,
-            r.peer,
-            r.tls_subject,
-            r.filename,
-            r.control_id,
-            r.sender,
-            r.dedup_key,
-            r.content_hash,
-            r.status,
-            r.ack_code,
-            r.findings,
-            r.raw,
-            r.transformed,
-            r.response,
+            *intake_values(seal_intake(self.cipher, r)),
             [d.destination for d in r.deliveries],
             [d.order_key for d in r.deliveries],
             self.worker_id,
         )
-        sql = f"SELECT * FROM passerelle_intake({', '.join(['%s'] * 18)}, %s::text[], %s::text[], %s)"
         result: IntakeResult = await self._write(
-            Write(sql, params, lambda rows: intake_result(r, rows[0]), month=r.received_at)
+            Write(_INTAKE, params, lambda rows: intake_result(r, rows[0]), month=r.received_at)
         )
         return result
 
     async def processed(self, r: ProcessedRecord) -> tuple[int, ...]:
+        sealed = seal_processed(self.cipher, r)
         params = (
             r.message_id,
             r.channel,
             r.status,
             r.findings,
-            r.transformed,
+            sealed.transformed,
+            sealed.vars,
             time.time(),
             [d.destination for d in r.deliveries],
             [d.order_key for d in r.deliveries],
             self.worker_id,
         )
-        sql = "SELECT passerelle_processed(%s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s)"
+        sql = "SELECT passerelle_processed(%s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s)"
         ids: tuple[int, ...] = await self._write(Write(sql, params, lambda rows: tuple(rows[0][0])))
         return ids
 
     async def update_delivery(self, u: DeliveryUpdate) -> None:
         """Only the owner's outcome counts: a worker whose lease expired (stalled) and whose
         delivery was taken over changes nothing; the new owner records the outcome."""
+        u = seal_update(self.cipher, u)
         await self._write(
             Write(
                 "UPDATE deliveries SET status=%s, attempts=%s, next_attempt_at=%s, updated_at=%s,"
@@ -447,7 +494,7 @@ class PostgresStore(Store):
             f"SELECT {_MESSAGE_COLUMNS} FROM {_WITH_CONTENT} WHERE m.channel=%s AND m.status='received'"
             " AND m.id>%s ORDER BY m.id LIMIT %s"
         )
-        return [StoredMessage(*row) for row in await self._execute(sql, (channel, after_id, limit))]
+        return [self._clear(row) for row in await self._execute(sql, (channel, after_id, limit))]
 
     async def open_deliveries(
         self, channel: str, destination: str, after_id: int, limit: int
@@ -469,13 +516,13 @@ class PostgresStore(Store):
     async def claim_unprocessed(self, channel: str, after_id: int, limit: int) -> list[StoredMessage]:
         params = {"channel": channel, "after": after_id, "limit": limit}
         rows = await self._claim(CLAIM_MESSAGES, f"claim\x1f{channel}", params)
-        return [StoredMessage(*row) for row in rows]
+        return [self._clear(row) for row in rows]
 
     async def message(self, message_id: int) -> StoredMessage | None:
         rows = await self._execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM {_WITH_CONTENT} WHERE m.id=%s", (message_id,)
         )
-        return StoredMessage(*rows[0]) if rows else None
+        return self._clear(rows[0]) if rows else None
 
     async def events(self, message_id: int) -> list[dict[str, Any]]:
         sql = (

@@ -18,12 +18,12 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
 from engine.store.base import (
+    NOT_ENCRYPTED,
     OPEN_DELIVERY_STATUSES,
     DeliveryUpdate,
     IntakeRecord,
@@ -35,17 +35,39 @@ from engine.store.base import (
     StoredMessage,
 )
 from engine.store.cipher import PayloadCipher
+from engine.store.rows import (
+    CONTENT_COLUMNS,
+    MESSAGE_COLUMNS,
+    content_values,
+    message_values,
+    stored_message,
+    stored_select,
+)
 from engine.store.schema import SCHEMA
+from engine.store.sealing import (
+    SEALED_TABLES,
+    SealedTable,
+    clear_message,
+    resealed,
+    seal_intake,
+    seal_processed,
+    seal_update,
+)
 
 Op = Callable[[sqlite3.Connection], Any]
 _Job = tuple[Op, asyncio.Future[Any]]
 _STOP = object()
 
-_MESSAGE_COLUMNS = (
-    "id, channel, channel_version, received_at, content_type, source_type, peer, tls_subject, filename,"
-    " control_id, sender, status, ack_code, findings, raw, transformed, response, vars"
-)
+_MESSAGE_COLUMNS = stored_select("messages", "contents")
 _MESSAGES_WITH_CONTENT = "messages JOIN contents ON contents.message_id = messages.id"
+_INSERT_MESSAGE = (
+    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})"
+    " ON CONFLICT DO NOTHING"
+)
+_INSERT_CONTENT = (
+    f"INSERT INTO contents (message_id, {', '.join(CONTENT_COLUMNS)})"
+    f" VALUES (?, {', '.join('?' * len(CONTENT_COLUMNS))})"
+)
 
 
 def connect(path: Path, synchronous: str) -> sqlite3.Connection:
@@ -191,39 +213,20 @@ class SqliteStore(Store):
 
         return await asyncio.to_thread(run)
 
-    # -- encryption at rest (engine/store/cipher.py) ------------------------------------------
-
-    def _sealed_intake(self, r: IntakeRecord) -> IntakeRecord:
-        c = self.cipher
-        if c is None:
-            return r
-        return replace(
-            r,
-            raw=c.encrypt(r.raw, "raw") or b"",
-            transformed=c.encrypt(r.transformed, "transformed"),
-            response=c.encrypt(r.response, "response"),
-            vars=c.encrypt(r.vars, "vars"),
-        )
+    # -- encryption at rest (engine/store/sealing.py) -----------------------------------------
 
     def _clear(self, m: StoredMessage) -> StoredMessage:
-        c = self.cipher
-        if c is None:
-            return m
-        return replace(
-            m,
-            raw=c.decrypt(m.raw, "raw") or b"",
-            transformed=c.decrypt(m.transformed, "transformed"),
-            response=c.decrypt(m.response, "response"),
-            vars=c.decrypt(m.vars, "vars"),
-        )
+        return clear_message(self.cipher, m)
 
     async def reencrypt(self, batch: int = 500) -> int:
-        """Move every payload to the active key, one batch per transaction, while the engine runs."""
+        """Move every payload to the active key, one page per group commit, while the engine runs
+        (the writer thread runs each page: no write of the engine can slip between its read and
+        its update)."""
         cipher = self.cipher
         if cipher is None:
-            raise StoreError("encryption is not configured for this store")
+            raise StoreError(NOT_ENCRYPTED)
         total = 0
-        for table in REENCRYPTED:
+        for table in SEALED_TABLES:
             cursor = -1
             while cursor:
                 page = functools.partial(
@@ -237,24 +240,17 @@ class SqliteStore(Store):
     # -- the interface -------------------------------------------------------------------------
 
     async def intake(self, record: IntakeRecord) -> IntakeResult:
-        record = self._sealed_intake(record)
+        record = seal_intake(self.cipher, record)
         result: IntakeResult = await self._write(lambda conn: intake_op(conn, record))
         return result
 
     async def processed(self, record: ProcessedRecord) -> tuple[int, ...]:
-        if self.cipher is not None:
-            c = self.cipher
-            record = replace(
-                record,
-                transformed=c.encrypt(record.transformed, "transformed"),
-                vars=c.encrypt(record.vars, "vars"),
-            )
+        record = seal_processed(self.cipher, record)
         ids: tuple[int, ...] = await self._write(lambda conn: processed_op(conn, record))
         return ids
 
     async def update_delivery(self, update: DeliveryUpdate) -> None:
-        if self.cipher is not None:
-            update = replace(update, response=self.cipher.encrypt(update.response, "delivery_response"))
+        update = seal_update(self.cipher, update)
         await self._write(lambda conn: update_delivery_op(conn, update))
 
     async def requeue_delivery(self, delivery_id: int) -> PendingDelivery | None:
@@ -267,7 +263,7 @@ class SqliteStore(Store):
             " WHERE channel=? AND status='received' AND id>? ORDER BY id LIMIT ?"
         )
         rows = await self._read(lambda c: c.execute(sql, (channel, after_id, limit)).fetchall())
-        return [self._clear(StoredMessage(*row)) for row in rows]
+        return [self._clear(stored_message(row)) for row in rows]
 
     async def open_deliveries(
         self, channel: str, destination: str, after_id: int, limit: int
@@ -283,7 +279,7 @@ class SqliteStore(Store):
     async def message(self, message_id: int) -> StoredMessage | None:
         sql = f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES_WITH_CONTENT} WHERE id=?"
         row = await self._read(lambda c: c.execute(sql, (message_id,)).fetchone())
-        return self._clear(StoredMessage(*row)) if row else None
+        return self._clear(stored_message(row)) if row else None
 
     async def events(self, message_id: int) -> list[dict[str, Any]]:
         sql = (
@@ -329,38 +325,11 @@ def intake_op(conn: sqlite3.Connection, r: IntakeRecord) -> IntakeResult:
     The intake status is kept in the message row (`intake_status`): it is the first event
     of the message's history, so no event row is written at intake.
     """
-    dedup_key = r.dedup_key
-    cur = conn.execute(
-        "INSERT INTO messages (channel, channel_version, received_at, updated_at, content_type, source_type,"
-        " peer, tls_subject, filename, control_id, sender, dedup_key, content_hash, status, intake_status,"
-        " ack_code, findings) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-        (
-            r.channel,
-            r.channel_version,
-            r.received_at,
-            r.received_at,
-            r.content_type,
-            r.source_type,
-            r.peer,
-            r.tls_subject,
-            r.filename,
-            r.control_id,
-            r.sender,
-            dedup_key,
-            r.content_hash,
-            r.status,
-            r.status,
-            r.ack_code,
-            r.findings,
-        ),
-    )
+    cur = conn.execute(_INSERT_MESSAGE, message_values(r))
     if not cur.rowcount:
-        return existing_message(conn, r, dedup_key)
+        return existing_message(conn, r, r.dedup_key)
     message_id = int(cur.lastrowid or 0)
-    conn.execute(
-        "INSERT INTO contents (message_id, raw, transformed, response, vars) VALUES (?,?,?,?,?)",
-        (message_id, r.raw, r.transformed, r.response, r.vars),
-    )
+    conn.execute(_INSERT_CONTENT, (message_id, *content_values(r)))
     delivery_ids = insert_deliveries(conn, message_id, r.channel, r.deliveries, r.received_at)
     return IntakeResult(
         message_id, status=r.status, ack_code=r.ack_code, findings=r.findings, delivery_ids=delivery_ids
@@ -444,34 +413,22 @@ def requeue_delivery_op(conn: sqlite3.Connection, delivery_id: int) -> PendingDe
     return PendingDelivery(*found)
 
 
-# table -> (key column, payload columns, the associated data of each column)
-REENCRYPTED = {
-    "contents": (
-        "message_id",
-        ("raw", "transformed", "response", "vars"),
-        ("raw", "transformed", "response", "vars"),
-    ),
-    "deliveries": ("id", ("response",), ("delivery_response",)),
-}
-
-
 def reencrypt_op(
-    conn: sqlite3.Connection, cipher: PayloadCipher, table: str, after: int, batch: int
+    conn: sqlite3.Connection, cipher: PayloadCipher, table: SealedTable, after: int, batch: int
 ) -> tuple[int, int]:
     """Re-encrypt a page of `table` after id `after`: (last id of the page, 0 when done; rows moved)."""
-    key, columns, aads = REENCRYPTED[table]
+    key, columns = table.key, table.columns
     rows = conn.execute(
-        f"SELECT {key}, {', '.join(columns)} FROM {table} WHERE {key} > ? ORDER BY {key} LIMIT ?",
+        f"SELECT {key}, {', '.join(columns)} FROM {table.name} WHERE {key} > ? ORDER BY {key} LIMIT ?",
         (after, batch),
     ).fetchall()
     moved = 0
+    assignments = ", ".join(f"{c}=?" for c in columns)
     for row_id, *values in rows:
-        if all(cipher.is_current(v) for v in values):
-            continue
-        sealed = [cipher.encrypt(cipher.decrypt(v, aad), aad) for v, aad in zip(values, aads, strict=True)]
-        assignments = ", ".join(f"{c}=?" for c in columns)
-        conn.execute(f"UPDATE {table} SET {assignments} WHERE {key}=?", (*sealed, row_id))
-        moved += 1
+        sealed = resealed(cipher, table, tuple(values))
+        if sealed is not None:
+            conn.execute(f"UPDATE {table.name} SET {assignments} WHERE {key}=?", (*sealed, row_id))
+            moved += 1
     return (rows[-1][0] if rows else 0), moved
 
 

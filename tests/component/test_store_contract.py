@@ -6,29 +6,34 @@ The PostgreSQL cluster is started once per session by tests/support/postgres.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import hashlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from engine.errors import StoreError
 from engine.store.base import DeliveryUpdate, IntakeRecord, NewDelivery, ProcessedRecord, Store
+from engine.store.cipher import MAGIC, PayloadCipher, new_key_file
 from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 from tests.support.postgres import fresh_database, shared_cluster
+from tests.support.store_backends import StoreBackend
 
-BACKENDS: dict[str, Callable[[Path], Store]] = {
-    "sqlite": lambda tmp: SqliteStore(tmp / "store.db"),
-    "postgresql": lambda tmp: PostgresStore(fresh_database(shared_cluster())),
-}
+BACKENDS = ("postgresql", "sqlite")
 
 
-@pytest.fixture(params=sorted(BACKENDS))
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    backend = BACKENDS[request.param](tmp_path)
-    await backend.open()
-    yield backend
-    await backend.close()
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> StoreBackend:
+    return StoreBackend.fresh(str(request.param), tmp_path)
+
+
+@pytest.fixture
+async def store(backend: StoreBackend) -> AsyncIterator[Store]:
+    opened = backend.store()
+    await opened.open()
+    yield opened
+    await opened.close()
 
 
 def record(
@@ -37,6 +42,7 @@ def record(
     status: str = "queued",
     deliveries: list[NewDelivery] | None = None,
     sender: str = "LAB|A",
+    vars: bytes | None = None,
 ) -> IntakeRecord:
     return IntakeRecord(
         channel="lab",
@@ -49,13 +55,14 @@ def record(
         filename="",
         control_id=control_id,
         sender=sender,
-        content_hash=raw,
+        content_hash=hashlib.sha256(raw).digest(),  # as the engine computes it
         status=status,
         ack_code="AA",
         findings=None,
         raw=raw,
         response=b"ACK",
         deliveries=deliveries if deliveries is not None else [NewDelivery("archive")],
+        vars=vars,
     )
 
 
@@ -159,6 +166,134 @@ async def test_claims_list_what_this_worker_may_run(store: Store) -> None:
     assert [d.id for d in claimed] == list(result.delivery_ids) and claimed[0].order_key == "P1"
     received = await store.intake(record(control_id="C2", status="received", deliveries=[]))
     assert [m.id for m in await store.claim_unprocessed("lab", 0, 10)] == [received.message_id]
+
+
+# -- routing variables (set by steps, read by `when:` and destinations) ---------------------------
+
+VARS = b'{"enterprise_id": "E1", "notifiable_diseases": "covid"}'
+
+
+async def test_routing_variables_are_kept_with_the_message(store: Store) -> None:
+    stored = await store.intake(record(deliveries=[NewDelivery("authority")], vars=VARS))
+    reloaded = await store.message(stored.message_id)
+    assert reloaded is not None and reloaded.vars == VARS
+
+
+async def test_routing_variables_set_by_processing_are_kept_and_never_erased(store: Store) -> None:
+    received = await store.intake(record(status="received", deliveries=[], vars=b'{"a": "1"}'))
+    assert [m.vars for m in await store.unprocessed("lab", 0, 10)] == [b'{"a": "1"}']
+    assert [m.vars for m in await store.claim_unprocessed("lab", 0, 10)] == [b'{"a": "1"}']
+    await store.processed(ProcessedRecord(received.message_id, "lab", "queued", None, None, [], vars=VARS))
+    assert (await store.message(received.message_id)).vars == VARS  # type: ignore[union-attr]
+    other = await store.intake(record(control_id="C2", status="received", deliveries=[], vars=VARS))
+    await store.processed(ProcessedRecord(other.message_id, "lab", "sent", None, b"NEW", []))
+    assert (await store.message(other.message_id)).vars == VARS  # type: ignore[union-attr]
+
+
+# -- encryption at rest (engine/store/cipher.py) ---------------------------------------------------
+
+PHI = (b"TEST^PATIENT", b"19800101", b"1980010112302")
+PATIENT = b"MSH|^~\\&|LAB|A|||x||ORU^R01|P1|P|2.5\rPID|1||1980010112302^^^RNPP||TEST^PATIENT||19800101|F\r"
+
+
+def key_file(folder: Path, key_id: str) -> Path:
+    path = folder / f"{key_id}.key"
+    if not path.exists():
+        new_key_file(path)
+    return path
+
+
+def cipher(folder: Path, active: str, *key_ids: str) -> PayloadCipher:
+    return PayloadCipher.from_files({k: key_file(folder, k) for k in key_ids}, active)
+
+
+async def store_patient(store: Store) -> int:
+    """A patient's message through every payload column: raw, answer, transformed, vars, delivery answer."""
+    result = await store.intake(
+        record("P1", PATIENT, "received", [], vars=b'{"pid": "TEST^PATIENT"}')
+    )
+    (delivery,) = await store.processed(
+        ProcessedRecord(
+            result.message_id, "lab", "queued", None, PATIENT + b"ZZZ|1\r", [NewDelivery("a")],
+            vars=b'{"pid": "TEST^PATIENT", "dob": "19800101"}',
+        )
+    )
+    answer = b"MSA|AA|P1\rPID|1||1980010112302\r"
+    await store.update_delivery(DeliveryUpdate(delivery, result.message_id, "a", "sent", 1, 0.0, "", answer))
+    return result.message_id
+
+
+async def test_a_copied_database_shows_no_patient_data(backend: StoreBackend, tmp_path: Path) -> None:
+    store = backend.store(cipher(tmp_path, "k1", "k1"))
+    await store.open()
+    try:
+        message_id = await store_patient(store)
+        stored = await store.message(message_id)
+    finally:
+        await store.close()
+    assert stored is not None and stored.raw == PATIENT and stored.status == "sent"  # read back clear
+    assert stored.vars == b'{"pid": "TEST^PATIENT", "dob": "19800101"}'
+    dump = backend.dump()
+    assert not [phi for phi in PHI if phi in dump]
+    assert b"lab" in dump and b"P1" in dump  # the metadata operators search on stays in clear
+    assert all(value.startswith(MAGIC + b"k1") for value in backend.payloads())
+
+
+async def test_the_dump_check_finds_patient_data_when_not_encrypted(
+    store: Store, backend: StoreBackend
+) -> None:
+    """Control for the test above: the same check does see clear payloads."""
+    await store_patient(store)
+    assert [phi for phi in PHI if phi in backend.dump()] == list(PHI)
+
+
+async def test_a_tampered_payload_is_refused(backend: StoreBackend, tmp_path: Path) -> None:
+    store = backend.store(cipher(tmp_path, "k1", "k1"))
+    await store.open()
+    try:
+        message_id = await store_patient(store)
+        backend.tamper(message_id)
+        with pytest.raises(StoreError, match="failed its integrity check"):
+            await store.message(message_id)
+    finally:
+        await store.close()
+
+
+async def test_keys_rotate_while_the_store_is_in_use(backend: StoreBackend, tmp_path: Path) -> None:
+    """`passerelle store reencrypt`: payloads in clear (stored before encryption was enabled) and
+    under the old key move to the new one while another store instance keeps writing and reading."""
+    plain = backend.store()
+    await plain.open()
+    before = await store_patient(plain)
+    await plain.close()
+    running = backend.store(cipher(tmp_path, "k1", "k1", "k2"))  # knows the new key, still writes k1
+    rotating = backend.store(cipher(tmp_path, "k2", "k1", "k2"))
+    await running.open()
+    await rotating.open()
+    try:
+        old_key = await running.intake(record(control_id="OLD", raw=PATIENT, vars=b'{"x": "1"}'))
+        moved = await rotating.reencrypt(batch=1)
+        assert moved == 3  # the plain message and its delivery answer, the one under k1
+        assert await rotating.reencrypt() == 0  # nothing left to move
+        later = await running.intake(record(control_id="LATER", raw=PATIENT))  # the store kept working
+        assert (await running.message(old_key.message_id)).raw == PATIENT  # type: ignore[union-attr]
+    finally:
+        await rotating.close()
+        await running.close()
+    new_only = backend.store(cipher(tmp_path, "k2", "k2"))
+    await new_only.open()
+    try:
+        for message_id in (before, old_key.message_id):
+            assert (await new_only.message(message_id)).raw == PATIENT  # type: ignore[union-attr]
+        with pytest.raises(StoreError, match="key 'k1', which is not configured"):
+            await new_only.message(later.message_id)  # written under k1 after the rotation ran
+    finally:
+        await new_only.close()
+
+
+async def test_reencrypt_without_keys_is_refused(store: Store) -> None:
+    with pytest.raises(StoreError, match="encryption is not configured"):
+        await store.reencrypt()
 
 
 # -- PostgreSQL only: several workers on one database, migrations, retention --------------------
