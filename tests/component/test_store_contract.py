@@ -10,11 +10,13 @@ import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from engine.errors import StoreError
 from engine.store.base import DeliveryUpdate, IntakeRecord, NewDelivery, ProcessedRecord, Store
 from engine.store.cipher import MAGIC, PayloadCipher, new_key_file
+from engine.store.pg_schema import migrations
 from engine.store.postgres import PostgresStore
 from engine.store.sqlite import SqliteStore
 from tests.support.postgres import fresh_database, shared_cluster
@@ -386,3 +388,35 @@ async def test_migrations_apply_once_and_retention_drops_final_months() -> None:
         assert not again.duplicate  # its de-duplication key went with its month
     finally:
         await store.close()
+
+
+async def test_a_version_1_database_upgrades_and_keeps_its_messages() -> None:
+    """Migration 0002 on a database made by version 1: its messages stay readable, routing variables
+    are kept from then on, and running the migration again changes nothing (it is idempotent)."""
+    dsn = fresh_database(shared_cluster())
+    (first, second) = migrations()[:2]
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await conn.execute(first.sql.encode())
+        await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                           " applied_at timestamptz NOT NULL DEFAULT now())")
+        await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (1, 'initial')")
+        await conn.execute("SELECT passerelle_ensure_month(1.0)")
+        await conn.execute(  # a message stored by version 1 (its 21-argument intake)
+            "SELECT * FROM passerelle_intake('lab', 'v1', 1.0, 'application/hl7-v2', 'mllp', '', '', '',"
+            " 'OLD', 'LAB|A', NULL, '\\x00'::bytea, 'queued', 'AA', NULL, 'MSH|old'::bytea, NULL, NULL,"
+            " '{}'::text[], '{}'::text[], 'w')"
+        )
+        await conn.commit()
+    store = PostgresStore(dsn)
+    await store.open()
+    try:
+        old = await store.message(1)
+        assert old is not None and old.raw == b"MSH|old" and old.vars is None
+        new = await store.intake(record(control_id="NEW", vars=VARS))
+        assert (await store.message(new.message_id)).vars == VARS  # type: ignore[union-attr]
+    finally:
+        await store.close()
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await conn.execute(second.sql.encode())  # again: harmless
+        cur = await conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'passerelle_intake'")
+        assert await cur.fetchone() == (1,)  # the version 1 function is gone, not left as an overload
