@@ -158,6 +158,7 @@ async def search(
             "messages",
             {"term": f.patient, "channel": f.channel},
             client_host,
+            patient_data=True,
         )
     return await dash.queries.search(f)
 

@@ -49,7 +49,7 @@ class Dashboard:
         config = engine.project.engine.dashboard
         self.engine = engine
         self.config = config
-        self.queries = Queries(engine.project.store_path)
+        self.queries = Queries(engine.project.store_path, engine.store.cipher)
         self.live = Live(engine, self.queries, list(engine.project.engine.alerts))
         self.users = UserFile(engine.project.root / config.users_file)
         self.sessions = Sessions(config.session_idle_minutes * 60, config.session_max_hours * 3600)

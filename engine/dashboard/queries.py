@@ -6,21 +6,28 @@ bounded (indexed lookups, LIMIT) because it runs next to the hot path.
 
 The audit log (`audit_log`) lives in the store's database file, written on a separate
 connection: an audit record is committed before the audited data is returned.
+
+Encryption at rest (engine/store/sealing.py): payloads are decrypted with the store's cipher
+before they are shown, and a patient search, which cannot look into encrypted payloads in SQL,
+decrypts and matches the newest `PATIENT_SCAN_ROWS` messages the other criteria select (the
+answer says when it stopped there: narrow the search by channel, time or control id).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from engine.errors import StoreError
+from engine.store.cipher import PayloadCipher
 
 T = TypeVar("T")
 
@@ -43,6 +50,8 @@ MESSAGE_FIELDS = (
     " control_id, sender, status, intake_status, ack_code, findings"
 )
 MAX_ROWS = 500
+SEALED, AUDIT_AAD = "sealed", "audit_detail"  # an audit detail holding patient data, encrypted
+PATIENT_SCAN_ROWS = 5000  # encrypted store: messages decrypted per patient search, newest first
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,9 @@ def write_audit(
 
 
 class Queries:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, cipher: PayloadCipher | None = None) -> None:
         self.path = path
+        self.cipher = cipher
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -136,8 +146,13 @@ class Queries:
         subject: str,
         detail: dict[str, Any] | None = None,
         client: str = "",
+        patient_data: bool = False,
     ) -> int:
-        """Commit one audit record (before the audited data is shown or the action's result returned)."""
+        """Commit one audit record (before the audited data is shown or the action's result returned).
+        `patient_data`: the detail holds patient data (a search term): sealed like the payloads."""
+        if patient_data and self.cipher is not None:
+            sealed = self.cipher.encrypt(json.dumps(detail, sort_keys=True).encode(), AUDIT_AAD) or b""
+            detail = {SEALED: base64.b64encode(sealed).decode()}
 
         def run() -> int:
             with self._audit_lock:
@@ -256,6 +271,8 @@ class Queries:
     # -- messages ------------------------------------------------------------------------------
 
     async def search(self, f: MessageFilter) -> list[dict[str, Any]]:
+        if f.patient and self.cipher is not None:
+            return await self.read(lambda c: self._search_sealed(c, f))
         where, params = search_clauses(f)
         table = "messages JOIN contents ON contents.message_id = messages.id" if f.patient else "messages"
         sql = (
@@ -265,8 +282,29 @@ class Queries:
         rows = await self.read(lambda c: c.execute(sql, (*params, max(1, min(f.limit, MAX_ROWS)))).fetchall())
         return [message_row(row) for row in rows]
 
+    def _search_sealed(self, c: sqlite3.Connection, f: MessageFilter) -> list[dict[str, Any]]:
+        """A patient search on encrypted payloads: the other criteria in SQL, the term on the clear
+        payloads of at most PATIENT_SCAN_ROWS of their newest messages."""
+        where, params = search_clauses(replace(f, patient=""))
+        sql = (
+            f"SELECT {MESSAGE_FIELDS}, raw FROM messages JOIN contents ON contents.message_id = messages.id"
+            f" WHERE {' AND '.join(where) or '1'} ORDER BY id DESC LIMIT ?"
+        )
+        term, wanted = f.patient.upper(), max(1, min(f.limit, MAX_ROWS))
+        found = []
+        for *row, raw in c.execute(sql, (*params, PATIENT_SCAN_ROWS)):
+            clear = self._clear(raw, "raw") or b""
+            if term in clear.decode("utf-8", "replace").upper():
+                found.append(message_row(tuple(row)))
+                if len(found) == wanted:
+                    break
+        return found
+
+    def _clear(self, value: bytes | None, column: str) -> bytes | None:
+        return self.cipher.decrypt(value, column) if self.cipher is not None else value
+
     async def message(self, message_id: int) -> dict[str, Any] | None:
-        """A message with its contents, history and deliveries; None if unknown."""
+        """A message with its contents (decrypted), history and deliveries; None if unknown."""
 
         def query(c: sqlite3.Connection) -> dict[str, Any] | None:
             row = c.execute(f"SELECT {MESSAGE_FIELDS} FROM messages WHERE id=?", (message_id,)).fetchone()
@@ -276,9 +314,12 @@ class Queries:
             content = c.execute(
                 "SELECT raw, transformed, response FROM contents WHERE message_id=?", (message_id,)
             ).fetchone() or (b"", None, None)
-            found["raw"], found["transformed"], found["response"] = content
+            for column, value in zip(("raw", "transformed", "response"), content, strict=True):
+                found[column] = self._clear(value, column)
             found["events"] = events(c, message_id)
             found["deliveries"] = message_deliveries(c, message_id)
+            for delivery in found["deliveries"]:
+                delivery["response"] = self._clear(delivery["response"], "delivery_response")
             found["related"] = related(c, message_id)
             return found
 
@@ -293,7 +334,14 @@ class Queries:
             lambda c: c.execute(sql, (before_id, before_id, min(limit, MAX_ROWS))).fetchall()
         )
         keys = ("id", "at", "user", "role", "action", "subject", "detail", "client")
-        return [{**dict(zip(keys, r, strict=True)), "detail": json.loads(r[6])} for r in rows]
+        return [{**dict(zip(keys, r, strict=True)), "detail": self._audit_detail(r[6])} for r in rows]
+
+    def _audit_detail(self, text: str) -> dict[str, Any]:
+        detail: dict[str, Any] = json.loads(text)
+        if SEALED in detail and self.cipher is not None:
+            clear = self.cipher.decrypt(base64.b64decode(detail[SEALED]), AUDIT_AAD) or b"{}"
+            detail = json.loads(clear)
+        return detail
 
 
 def search_clauses(f: MessageFilter) -> tuple[list[str], list[Any]]:

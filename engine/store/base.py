@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.errors import Finding
+from engine.store.cipher import PayloadCipher
 
 # Message statuses. `received`: stored, steps not yet run. `queued`: waiting for deliveries.
 # Final: `sent`, `filtered`, `rejected` (at intake), `errored` (a delivery failed for good).
@@ -169,6 +170,7 @@ class Store(ABC):
     """What the engine needs from durable storage. All methods are safe to call concurrently."""
 
     shared = False  # several engine processes use this store (see the module docstring)
+    cipher: PayloadCipher | None = None  # encryption at rest of the payloads (engine/store/sealing.py)
     rescan_interval = 0.0  # seconds between claim scans when shared
 
     async def claim_deliveries(

@@ -13,6 +13,7 @@ import pytest
 
 from engine.dashboard.api import ENDPOINTS
 from engine.dashboard.auth import User, hash_password, write_users
+from engine.store.cipher import new_key_file
 from tests.support.engine_process import write_project
 from tests.support.engine_thread import EngineThread
 from tests.support.mllp_peers import MllpClient
@@ -22,7 +23,7 @@ PASSWORD = "correct horse battery staple"
 ROLES = {"ada": "admin", "otto": "operator", "vera": "viewer", "vigo": "vigilance", "rita": "viewer"}
 
 ENGINE = """
-store: {path: var/passerelle.db}
+store: {path: var/passerelle.db, encryption: {keys: {k1: config/k1.key}, active: k1}}
 dashboard: {enabled: true, port: 0, login_attempts: 3}
 alerts:
   - {name: failing, kind: error_rate, channel: flaky, threshold: 0}
@@ -51,6 +52,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineThread]:
     users = {name: User(name, role, hash_password(PASSWORD, n=2**14)) for name, role in ROLES.items()}
     write_users(root / "config" / "users.yaml", users)
     (root / "var").mkdir()
+    new_key_file(root / "config" / "k1.key")  # payloads encrypted at rest: the dashboard shows them clear
     (root / "var" / "blocker").write_text("a file where the destination wants a folder")
     running = EngineThread(config).start()
     yield running
@@ -215,6 +217,8 @@ def test_vigilance_sees_patient_data_and_every_view_is_audited(
     assert views and views[0]["subject"] == f"message {found['id']}"
     searches = [e for e in entries if e["user"] == "vigo" and e["action"] == "patient-search"]
     assert searches and searches[0]["detail"]["term"] == MATRICULE
+    stored = b"".join(p.read_bytes() for p in (engine.engine.project.root / "var").glob("passerelle.db*"))
+    assert b"TEST^PATIENT" not in stored and MATRICULE.encode() not in stored  # what the disk holds
 
 
 def test_patient_search_is_refused_in_urls(login: Callable[[str], tuple[httpx.Client, str]]) -> None:
