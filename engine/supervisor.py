@@ -24,6 +24,7 @@ from engine.dispatch import DestinationQueue
 from engine.reload import ChannelSlot, load_or_report, snapshot, swap
 from engine.store import open_store
 from engine.store.base import Store
+from engine.workers import serves_dashboard
 
 log = structlog.get_logger("passerelle.engine")
 
@@ -86,7 +87,8 @@ class Engine:
                 await self._start_channel(spec)
         if self.project.engine.reload_interval:
             self._watcher = asyncio.create_task(self._watch_channels(), name="channel-watcher")
-        if self.project.engine.dashboard.enabled:  # after the channels: it shows and acts on them
+        # After the channels: it shows and acts on them. With --workers, the first worker serves it.
+        if self.project.engine.dashboard.enabled and serves_dashboard():
             from engine.dashboard.server import DashboardServer
 
             self.dashboard = DashboardServer(self)

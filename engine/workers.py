@@ -9,6 +9,8 @@ Each worker is an ordinary engine process (`passerelle run`) on the same configu
 - MLLP listeners are opened with SO_REUSEPORT (`PASSERELLE_REUSE_PORT=1` in the workers'
   environment, see the mllp source's `reuse_port`): every worker listens on the same port and
   the kernel spreads incoming connections over them;
+- the first worker alone serves the dashboard (enabled in engine.yaml): it reads and audits
+  through the shared PostgreSQL store (engine/dashboard/pg_queries.py);
 - this parent forwards SIGTERM/SIGINT to every worker and waits for their graceful stop; a
   worker that dies is started again after a backoff (1 s, doubling up to 30 s; back to 1 s once
   a worker ran a minute). The work it held is taken over by the others when its lease expires.
@@ -48,9 +50,13 @@ def refusal(project: Project, count: int) -> str:
     if project.engine.store.type == "sqlite":
         return ("--workers needs the PostgreSQL store: SQLite is single-process "
                 "(set store: {type: postgresql, dsn: ...} in engine.yaml)")
-    if project.engine.dashboard.enabled:
-        return "--workers: the dashboard reads the SQLite store; disable it (dashboard: {enabled: false})"
     return ""
+
+
+def serves_dashboard() -> bool:
+    """With --workers, the first worker alone serves the dashboard (one port, one set of sessions);
+    it reads the shared store, so it shows every worker's messages. A lone engine serves it."""
+    return os.environ.get(WORKER_ENV, "0") == "0"
 
 
 def run_workers(project: Project, config: Path, count: int) -> int:

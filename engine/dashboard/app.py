@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from engine.contracts import BuildContext
 from engine.dashboard.auth import RateLimiter, Session, Sessions, UserFile, csrf_ok
 from engine.dashboard.live import Live
-from engine.dashboard.queries import Queries
+from engine.dashboard.pg_queries import PostgresQueries
+from engine.dashboard.queries import Queries, StoreQueries
 
 if TYPE_CHECKING:
     from engine.mpi.service import Mpi
@@ -49,7 +50,7 @@ class Dashboard:
         config = engine.project.engine.dashboard
         self.engine = engine
         self.config = config
-        self.queries = Queries(engine.project.store_path, engine.store.cipher)
+        self.queries = store_queries(engine)
         self.live = Live(engine, self.queries, list(engine.project.engine.alerts))
         self.users = UserFile(engine.project.root / config.users_file)
         self.sessions = Sessions(config.session_idle_minutes * 60, config.session_max_hours * 3600)
@@ -65,7 +66,7 @@ class Dashboard:
         self.templates.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, ensure_ascii=False)
 
     async def start(self) -> None:
-        self.queries.open()
+        await self.queries.open()
         await self.live.sample()
         self.live.start()
 
@@ -76,7 +77,7 @@ class Dashboard:
 
     async def stop(self) -> None:
         await self.live.stop()
-        self.queries.close()
+        await self.queries.close()
 
     def user_count(self) -> int:
         return len(self.users.users())
@@ -110,6 +111,15 @@ class Dashboard:
             session=session, request=request, alerts=alerts, path=request.url.path, **context
         )
         return HTMLResponse(html, status_code=status_code)
+
+
+def store_queries(engine: Engine) -> StoreQueries:
+    """The dashboard's reads and audit log on the engine's store backend."""
+    from engine.store.postgres import PostgresStore
+
+    if isinstance(engine.store, PostgresStore):
+        return PostgresQueries(engine.store.dsn, engine.store.cipher)
+    return Queries(engine.project.store_path, engine.store.cipher)
 
 
 def format_time(value: float | None) -> str:

@@ -21,7 +21,7 @@ import structlog
 from engine import metrics
 from engine.config import AlertRule
 from engine.dashboard.alerts import Sample, evaluate
-from engine.dashboard.queries import Queries
+from engine.dashboard.queries import StoreQueries
 from engine.errors import StoreError
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def source_up(source: object) -> bool:
 
 
 class Live:
-    def __init__(self, engine: Engine, queries: Queries, rules: list[AlertRule]) -> None:
+    def __init__(self, engine: Engine, queries: StoreQueries, rules: list[AlertRule]) -> None:
         self.engine = engine
         self.queries = queries
         self.rules = rules

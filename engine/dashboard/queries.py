@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from engine.errors import StoreError
 from engine.store.cipher import PayloadCipher
@@ -94,6 +94,34 @@ def write_audit(
     return int(cur.lastrowid or 0)
 
 
+class StoreQueries(Protocol):
+    """What the dashboard reads and audits: Queries (SQLite) and pg_queries.PostgresQueries."""
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    def writable(self) -> bool: ...
+    async def audit(
+        self,
+        user: str,
+        role: str,
+        action: str,
+        subject: str,
+        detail: dict[str, Any] | None = None,
+        client: str = "",
+        patient_data: bool = False,
+    ) -> int: ...
+    async def audit_entries(self, limit: int = 200, before_id: int | None = None) -> list[dict[str, Any]]: ...
+    async def message_counts(self, channels: list[str]) -> dict[str, dict[str, int]]: ...
+    async def last_rejections(self, channels: list[str]) -> dict[str, dict[str, Any]]: ...
+    async def queue_states(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict[str, Any]]: ...
+    async def deliveries(
+        self, statuses: tuple[str, ...], channel: str = "", destination: str = "", limit: int = 100
+    ) -> list[dict[str, Any]]: ...
+    async def delivery_channels(self, ids: list[int]) -> dict[int, str]: ...
+    async def search(self, f: MessageFilter) -> list[dict[str, Any]]: ...
+    async def message(self, message_id: int) -> dict[str, Any] | None: ...
+
+
 class Queries:
     def __init__(self, path: Path, cipher: PayloadCipher | None = None) -> None:
         self.path = path
@@ -104,10 +132,10 @@ class Queries:
         self._audit_lock = threading.Lock()
         self._audit: sqlite3.Connection | None = None
 
-    def open(self) -> None:
+    async def open(self) -> None:
         ensure_audit_table(self.path)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         with self._lock:
             for conn in self._all:
                 conn.close()
@@ -290,11 +318,10 @@ class Queries:
             f"SELECT {MESSAGE_FIELDS}, raw FROM messages JOIN contents ON contents.message_id = messages.id"
             f" WHERE {' AND '.join(where) or '1'} ORDER BY id DESC LIMIT ?"
         )
-        term, wanted = f.patient.upper(), max(1, min(f.limit, MAX_ROWS))
+        wanted = max(1, min(f.limit, MAX_ROWS))
         found = []
         for *row, raw in c.execute(sql, (*params, PATIENT_SCAN_ROWS)):
-            clear = self._clear(raw, "raw") or b""
-            if term in clear.decode("utf-8", "replace").upper():
+            if matches_patient(f.patient, self._clear(raw, "raw")):
                 found.append(message_row(tuple(row)))
                 if len(found) == wanted:
                     break
@@ -344,7 +371,14 @@ class Queries:
         return detail
 
 
-def search_clauses(f: MessageFilter) -> tuple[list[str], list[Any]]:
+def matches_patient(term: str, raw: bytes | None) -> bool:
+    """A patient search term found in a clear payload (case-insensitive)."""
+    return term.upper() in (raw or b"").decode("utf-8", "replace").upper()
+
+
+def search_clauses(f: MessageFilter, mark: str = "?") -> tuple[list[str], list[Any]]:
+    """The WHERE clauses of a search and their parameters; `mark`: the driver's placeholder
+    (SQLite `?`, psycopg `%s`). The patient clause is SQLite's (PostgreSQL searches in Python)."""
     clauses: list[tuple[bool, str, tuple[Any, ...]]] = [
         (bool(f.channel), "channel = ?", (f.channel,)),
         # a reprocessed message's control id is the original's plus "~reprocess-..."
@@ -360,7 +394,7 @@ def search_clauses(f: MessageFilter) -> tuple[list[str], list[Any]]:
         (f.before_id is not None, "id < ?", (f.before_id,)),
         (bool(f.patient), "instr(upper(CAST(contents.raw AS TEXT)), upper(?)) > 0", (f.patient,)),
     ]
-    used = [(sql, params) for wanted, sql, params in clauses if wanted]
+    used = [(sql.replace("?", mark), params) for wanted, sql, params in clauses if wanted]
     return [sql for sql, _ in used], [p for _, params in used for p in params]
 
 

@@ -25,7 +25,7 @@ from engine.contracts import BuildContext
 from engine.dsp.registry import Entry, Registry
 from engine.dsp.repository import Repository
 from engine.dsp.settings import DspConfig, load_dsp_config
-from engine.errors import ParseError, PasserelleError
+from engine.errors import ConfigError, ParseError, PasserelleError
 from engine.formats import cda
 from engine.formats.dicom_manifest import KosManifest, read_manifest
 from engine.message import CDA, DICOM
@@ -233,7 +233,10 @@ def dsp_from(context: BuildContext) -> Dsp:
         from engine.mpi.service import mpi_from
 
         store = context.services.get("store")
-        path = Path(store.path) if store is not None else context.path("var/passerelle.db")
+        path = getattr(store, "path", None) if store is not None else context.path("var/passerelle.db")
+        if not isinstance(path, Path):
+            raise ConfigError(["the DSP keeps its documents in the SQLite store file; it cannot run on the"
+                               " PostgreSQL store yet"])
         dsp = open_dsp(context.root, path, lambda: mpi_from(context))
         context.services["dsp"] = dsp
     dsp.seed_register(context.root)

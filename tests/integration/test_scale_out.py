@@ -22,12 +22,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import psycopg
 
+from engine.dashboard.auth import User, hash_password, write_users
 from tests.integration.test_crash_safety import Sender, assert_per_patient_order, control_ids
 from tests.support.engine_process import ROOT, free_port, write_project
 from tests.support.mllp_peers import MllpClient, MllpReceiver
 from tests.support.postgres import fresh_database, shared_cluster
+from tests.unit.hl7_samples import ORU_R01_25
 
 WORKERS = 3
 SENDERS = 16
@@ -185,3 +188,40 @@ def assert_store_once(dsn: str, count: int) -> None:
     assert deliveries == (count, count, count)
     assert sent_events == (count, count)
 
+
+
+DASHBOARD_CHANNEL = """
+respond_after: processed
+source: {{type: mllp, port: {port}}}
+destinations:
+  - {{name: out, type: file, directory: out}}
+"""
+PASSWORD = "correct horse battery staple"
+
+
+def test_workers_serve_one_dashboard_reading_the_shared_store(tmp_path: Path) -> None:
+    """`--workers` with the dashboard: the first worker serves it, and it finds a message whichever
+    worker stored it (searches, details and queues read the PostgreSQL store)."""
+    dsn = fresh_database(shared_cluster())
+    port, dashboard = free_port(), free_port()
+    engine = ENGINE.format(dsn=dsn, lease=LEASE_SECONDS) + f"dashboard: {{enabled: true, port: {dashboard}}}"
+    config = write_project(tmp_path, {"lab": DASHBOARD_CHANNEL.format(port=port)}, engine)
+    operator = User("otto", "operator", hash_password(PASSWORD, n=2**14))
+    write_users(config.parent / "users.yaml", {"otto": operator})
+    supervisor = Supervisor(config, port)
+    try:
+        for number in range(6):  # over several connections: the kernel spreads them over the workers
+            with MllpClient(port) as client:
+                message = ORU_R01_25.replace(b"LAB20250314000123", b"DASH%d" % number)
+                assert b"MSA|AA" in client.send(message)
+        with httpx.Client(base_url=f"http://127.0.0.1:{dashboard}", timeout=20) as web:
+            assert web.post("/api/login", json={"user": "otto", "password": PASSWORD}).status_code == 200
+            found = web.get("/api/messages", params={"channel": "lab"}).json()["messages"]
+            assert sorted(m["control_id"] for m in found) == [f"DASH{n}" for n in range(6)]
+            detail = web.get(f"/api/messages/{found[0]['id']}").json()
+            assert detail["channel"] == "lab" and detail["raw"]["kind"] == "hl7"
+            queues = web.get("/api/channels").json()["channels"]
+            assert [c["name"] for c in queues] == ["lab"]
+    finally:
+        code = supervisor.stop()
+    assert code == 0, supervisor.logs()

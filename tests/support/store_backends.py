@@ -68,7 +68,8 @@ class StoreBackend:
         """What a copy of the database shows: the SQLite files, or `pg_dump` (its bytea hex decoded,
         so that a clear payload would show as clear text)."""
         if self.name == "sqlite":
-            return b"".join(p.read_bytes() for p in Path(self.location).parent.glob("store.db*"))
+            path = Path(self.location)
+            return b"".join(p.read_bytes() for p in path.parent.glob(f"{path.name}*"))
         done = subprocess.run(
             [str(BIN / "pg_dump"), "--data-only", self.location], check=True, capture_output=True, timeout=120
         )

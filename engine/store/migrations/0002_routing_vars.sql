@@ -1,4 +1,5 @@
--- Passerelle PostgreSQL store, version 2: the routing variables (`contents.vars`, as in SQLite).
+-- Passerelle PostgreSQL store, version 2: the routing variables (`contents.vars`, as in SQLite)
+-- and the dashboard's audit log.
 --
 -- The steps' routing variables are kept with the payloads (encrypted with them when a store key is
 -- configured), so a message reloaded after a restart routes, and is delivered, with the variables
@@ -84,3 +85,18 @@ BEGIN
     RETURN passerelle_insert_deliveries(p_message, received, p_channel, p_now, p_destinations, p_order_keys,
                                         p_worker);
 END $$;
+
+-- The dashboard's audit log (SQLite keeps it in the store file, engine/dashboard/queries.py):
+-- who saw or did what, shared by every worker process (engine/dashboard/pg_queries.py). A
+-- detail holding patient data (a search term) is sealed like the payloads when a key is set.
+CREATE TABLE IF NOT EXISTS audit_log (
+    id      bigserial PRIMARY KEY,
+    at      double precision NOT NULL,
+    "user"  text NOT NULL,
+    role    text NOT NULL DEFAULT '',
+    action  text NOT NULL,
+    subject text NOT NULL DEFAULT '',
+    detail  text NOT NULL DEFAULT '{}',
+    client  text NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS audit_log_subject ON audit_log (subject, id);
