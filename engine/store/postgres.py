@@ -29,6 +29,7 @@ from typing import Any
 import psycopg
 import structlog
 from psycopg import AsyncConnection
+from psycopg.errors import DeadlockDetected
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from engine.errors import StoreError
@@ -62,6 +63,7 @@ log = structlog.get_logger("passerelle.store")
 Conn = AsyncConnection[tuple[Any, ...]]
 Rows = list[tuple[Any, ...]]
 MAINTENANCE_SECONDS = 3600.0
+REENCRYPT_ATTEMPTS = 5
 LEASE_LOST_EXIT = 75  # exit status of a worker that lost its lease (EX_TEMPFAIL: restart it)
 _MESSAGE_COLUMNS = stored_select("m", "c")
 _INTAKE = (
@@ -395,9 +397,22 @@ class PostgresStore(Store):
         for table in SEALED_TABLES:
             after: int | None = 0
             while after is not None:
-                after, moved = await self._reencrypt_page(cipher, table, after, batch)
+                after, moved = await self._reencrypt_page_retried(cipher, table, after, batch)
                 total += moved
         return total
+
+    async def _reencrypt_page_retried(
+        self, cipher: PayloadCipher, table: SealedTable, after: int, batch: int
+    ) -> tuple[int | None, int]:
+        """A page again when PostgreSQL chose it as a deadlock victim (the page and a group commit
+        of a worker each waited for rows the other held): nothing of it was written."""
+        for attempt in range(1, REENCRYPT_ATTEMPTS + 1):
+            try:
+                return await self._reencrypt_page(cipher, table, after, batch)
+            except StoreError as err:
+                if attempt == REENCRYPT_ATTEMPTS or not isinstance(err.__cause__, DeadlockDetected):
+                    raise
+        raise AssertionError("unreachable")
 
     async def _reencrypt_page(
         self, cipher: PayloadCipher, table: SealedTable, after: int, batch: int

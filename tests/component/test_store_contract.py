@@ -420,3 +420,29 @@ async def test_a_version_1_database_upgrades_and_keeps_its_messages() -> None:
         await conn.execute(second.sql.encode())  # again: harmless
         cur = await conn.execute("SELECT count(*) FROM pg_proc WHERE proname = 'passerelle_intake'")
         assert await cur.fetchone() == (1,)  # the version 1 function is gone, not left as an overload
+
+
+async def test_a_reencrypt_page_chosen_as_deadlock_victim_is_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers' group commits and a rotation page may wait on each other's rows: PostgreSQL then
+    aborts one; when it is the page, `reencrypt` runs it again instead of failing the rotation."""
+    dsn = fresh_database(shared_cluster())
+    plain = PostgresStore(dsn)
+    await plain.open()
+    await plain.intake(record(control_id="A"))  # in clear: stored before encryption was enabled
+    await plain.close()
+    store = PostgresStore(dsn, cipher=cipher(tmp_path, "k2", "k1", "k2"))
+    await store.open()
+    try:
+        real_page, failures = store._reencrypt_page, [psycopg.errors.DeadlockDetected("deadlock detected")]
+
+        async def page(*args: object) -> tuple[int | None, int]:
+            if failures:
+                raise StoreError("store read failed") from failures.pop()
+            return await real_page(*args)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(store, "_reencrypt_page", page)
+        assert await store.reencrypt() == 1
+    finally:
+        await store.close()
