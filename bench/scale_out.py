@@ -9,9 +9,10 @@ patient per connection). Two tables are printed:
 1. the scaling curve: `respond_after: processed` (parse + validate_hl7 + routing, file
    destination ordered by patient) with 1, 2 and 4 workers;
 2. the foundation issue's ingest benchmark (bench/mllp_ingest.py's `received` and `processed`
-   channels, one engine process) with the PostgreSQL store instead of SQLite.
+   channels, one engine process) with the PostgreSQL store instead of SQLite; with
+   `--encryption`, each also with payloads encrypted at rest (a store key in engine.yaml).
 
-    python bench/scale_out.py [--seconds 8] [--connections 16] [--workers 1,2,4]
+    python bench/scale_out.py [--seconds 8] [--connections 16] [--workers 1,2,4] [--encryption]
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.mllp_ingest import PROCESSED, RECEIVED, Result, free_port, load  # noqa: E402
+from engine.store.cipher import new_key_file  # noqa: E402
 from tests.support.postgres import PostgresCluster, fresh_database  # noqa: E402
 
 # bench/mllp_ingest.py's `processed` channel, ordered by the patient each connection sends for
 # (PID-3[2]; its PID-3.1 is the same for every message: one key, which no number of workers spreads).
 SCALE = PROCESSED.replace("order_by: PID-3.1", 'order_by: "PID-3[2].1"')
-ENGINE = 'store: {{type: postgresql, dsn: "{dsn}"}}\nlogging: {{level: warning}}\n'
+ENGINE = 'store: {{type: postgresql, dsn: "{dsn}"{encryption}}}\nlogging: {{level: warning}}\n'
+ENCRYPTION = ", encryption: {keys: {k1: config/k1.key}, active: k1}"
 
 
 def listeners(port: int) -> int:
@@ -44,10 +47,15 @@ def listeners(port: int) -> int:
     return sum(1 for line in lines if line.split()[1] == local and line.split()[3] == "0A")
 
 
-def start(folder: Path, dsn: str, channel: str, port: int, workers: int) -> subprocess.Popen[bytes]:
+def start(
+    folder: Path, dsn: str, channel: str, port: int, workers: int, encrypted: bool = False
+) -> subprocess.Popen[bytes]:
     (folder / "config").mkdir(parents=True)
     (folder / "channels").mkdir()
-    (folder / "config" / "engine.yaml").write_text(ENGINE.format(dsn=dsn))
+    if encrypted:
+        new_key_file(folder / "config" / "k1.key")
+    engine = ENGINE.format(dsn=dsn, encryption=ENCRYPTION if encrypted else "")
+    (folder / "config" / "engine.yaml").write_text(engine)
     (folder / "channels" / "bench.yaml").write_text(channel.format(port=port))
     cmd = [sys.executable, str(ROOT / "run_engine.py"), "run", "--workers", str(workers),
            "--config", str(folder / "config" / "engine.yaml")]
@@ -61,12 +69,14 @@ def start(folder: Path, dsn: str, channel: str, port: int, workers: int) -> subp
     return proc
 
 
-def measure(name: str, dsn: str, channel: str, workers: int, connections: int, seconds: float) -> Result:
+def measure(
+    name: str, dsn: str, channel: str, workers: int, connections: int, seconds: float, encrypted: bool = False
+) -> Result:
     import uvloop
 
     port = free_port()
     with tempfile.TemporaryDirectory() as folder:
-        proc = start(Path(folder), dsn, channel, port, workers)
+        proc = start(Path(folder), dsn, channel, port, workers, encrypted)
         try:
             count, latencies, errors = uvloop.run(load(port, connections, seconds))
         finally:
@@ -91,14 +101,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--workers", default="1,2,4")
+    parser.add_argument("--encryption", action="store_true", help="also measure ingest with a store key")
     args = parser.parse_args()
+    modes = (False, True) if args.encryption else (False,)
     cluster = PostgresCluster(fsync=True).start()
     try:
         curve = [measure(f"processed, {n} worker(s)", fresh_database(cluster), SCALE, n,
                          args.connections, args.seconds) for n in map(int, args.workers.split(","))]
-        ingest = [measure(f"engine {name}, PostgreSQL", fresh_database(cluster), channel, 1,
-                          args.connections, args.seconds)
-                  for name, channel in (("received", RECEIVED), ("processed", PROCESSED))]
+        ingest = [measure(f"engine {name}, PostgreSQL{', encrypted' if sealed else ''}",
+                          fresh_database(cluster), channel, 1, args.connections, args.seconds, sealed)
+                  for name, channel in (("received", RECEIVED), ("processed", PROCESSED)) for sealed in modes]
     finally:
         cluster.stop()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
