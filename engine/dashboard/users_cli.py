@@ -11,9 +11,11 @@ engine picks the file up at the next login (a removed user's sessions end at onc
 from __future__ import annotations
 
 import argparse
+import asyncio
 import getpass
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.config import load_engine_config
@@ -54,7 +56,7 @@ def user_command(argv: list[str]) -> int:
         return 1
     root = config_file.parent.parent if config_file.parent.name == "config" else config_file.parent
     users_file = root / engine.dashboard.users_file
-    store = root / engine.store.path
+    store = AuditLog(root / engine.store.path, engine.store.dsn if engine.store.type == "postgresql" else "")
     users = read_users(users_file) if users_file.exists() else {}
     if args.command == "list":
         for user in sorted(users.values(), key=lambda u: u.name):
@@ -65,7 +67,7 @@ def user_command(argv: list[str]) -> int:
     return add_user(users, args, users_file, store)
 
 
-def add_user(users: dict[str, User], args: argparse.Namespace, users_file: Path, store: Path) -> int:
+def add_user(users: dict[str, User], args: argparse.Namespace, users_file: Path, store: AuditLog) -> int:
     if args.name in users and not args.force:
         print(f"user {args.name} exists; use --force to replace it", file=sys.stderr)
         return 1
@@ -77,17 +79,17 @@ def add_user(users: dict[str, User], args: argparse.Namespace, users_file: Path,
         return 1
     users[args.name] = User(args.name, args.role, hash_password(password))
     write_users(users_file, users)
-    audit(store, "user-add", args.name, args.role)
+    store.record("user-add", args.name, args.role)
     print(f"{users_file}: user {args.name} ({args.role}) saved")
     return 0
 
 
-def remove_user(users: dict[str, User], name: str, users_file: Path, store: Path) -> int:
+def remove_user(users: dict[str, User], name: str, users_file: Path, store: AuditLog) -> int:
     if users.pop(name, None) is None:
         print(f"no user {name}", file=sys.stderr)
         return 1
     write_users(users_file, users)
-    audit(store, "user-remove", name, "")
+    store.record("user-remove", name, "")
     print(f"{users_file}: user {name} removed")
     return 0
 
@@ -106,18 +108,46 @@ def read_password(file: Path | None) -> str | None:
     return password
 
 
-def audit(store: Path, action: str, name: str, role: str) -> None:
-    """User changes are audited in the store's audit log, by the operating-system user who made them."""
-    import sqlite3
+@dataclass(frozen=True)
+class AuditLog:
+    """The store's audit log, where user changes are recorded by the operating-system user who made
+    them: the SQLite store file, or the PostgreSQL store's `audit_log` when `dsn` is set."""
 
-    store.parent.mkdir(parents=True, exist_ok=True)
-    ensure_audit_table(store)
-    conn = sqlite3.connect(store, timeout=30.0)
+    sqlite_path: Path
+    dsn: str = ""
+
+    def record(self, action: str, name: str, role: str) -> None:
+        detail = {"role": role} if role else {}
+        if self.dsn:
+            asyncio.run(record_on_postgres(self.dsn, action, f"user {name}", detail))
+            return
+        import sqlite3
+
+        self.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_audit_table(self.sqlite_path)
+        conn = sqlite3.connect(self.sqlite_path, timeout=30.0)
+        try:
+            with conn:
+                write_audit(conn, os_user(), "", action, f"user {name}", detail, "cli")
+        finally:
+            conn.close()
+
+
+async def record_on_postgres(dsn: str, action: str, subject: str, detail: dict[str, str]) -> None:
+    """The schema is brought up to date first: the audit log may be written before any engine ran."""
+    from psycopg import AsyncConnection
+
+    from engine.dashboard.pg_queries import PostgresQueries
+    from engine.store.pg_schema import migrate
+
+    async with await AsyncConnection.connect(dsn) as conn:
+        await migrate(conn)
+    queries = PostgresQueries(dsn, pool_size=1)
+    await queries.open()
     try:
-        with conn:
-            write_audit(conn, os_user(), "", action, f"user {name}", {"role": role} if role else {}, "cli")
+        await queries.audit(os_user(), "", action, subject, detail, "cli")
     finally:
-        conn.close()
+        await queries.close()
 
 
 def os_user() -> str:

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
+from engine.config import load_engine_config
 from engine.dashboard.api import ENDPOINTS
 from engine.dashboard.auth import User, hash_password, write_users
 from engine.store.cipher import new_key_file
@@ -418,3 +420,19 @@ def test_dsp_api_is_mounted_for_roles_that_may_see_documents(
     admin, _ = login("ada")
     entries = admin.get("/api/audit").json()["entries"]
     assert any(e["action"] == "dsp-query" and e["user"] == "vigo" for e in entries)
+
+
+def test_user_changes_are_audited_in_the_postgresql_store(tmp_path: Path) -> None:
+    """`passerelle user add` on a PostgreSQL deployment audits in its shared audit log (the schema is
+    created if no engine ran yet), not in a stray SQLite file."""
+    from engine.cli import main
+
+    config = write_project(tmp_path, {"lab": LAB}, engine_yaml("postgresql"))
+    secret = tmp_path / "pw"
+    secret.write_text(PASSWORD + "\n")
+    options = ["--role", "admin", "--password-file", str(secret), "--config", str(config)]
+    assert main(["user", "add", "ana", *options]) == 0
+    with psycopg.connect(load_engine_config(config).store.dsn) as conn:
+        rows = conn.execute("SELECT action, subject, client FROM audit_log").fetchall()
+    assert rows == [("user-add", "user ana", "cli")]
+    assert not (tmp_path / "var" / "passerelle.db").exists()
