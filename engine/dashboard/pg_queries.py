@@ -10,7 +10,6 @@ cannot read encrypted payloads, nor decode every sender's character set.
 
 from __future__ import annotations
 
-import base64
 import json
 import time
 from collections.abc import AsyncIterator
@@ -23,15 +22,15 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from engine.dashboard.queries import (
-    AUDIT_AAD,
     MAX_ROWS,
     MESSAGE_FIELDS,
     PATIENT_SCAN_ROWS,
-    SEALED,
     MessageFilter,
     first_finding,
     matches_patient,
     message_row,
+    open_audit_detail,
+    seal_audit_detail,
     search_clauses,
 )
 from engine.errors import StoreError
@@ -113,10 +112,7 @@ class PostgresQueries:
         patient_data: bool = False,
     ) -> int:
         """Commit one audit record (see queries.Queries.audit)."""
-        detail = detail or {}
-        if patient_data and self.cipher is not None:
-            sealed = self.cipher.encrypt(json.dumps(detail, sort_keys=True).encode(), AUDIT_AAD) or b""
-            detail = {SEALED: base64.b64encode(sealed).decode()}
+        detail = seal_audit_detail(self.cipher, detail or {}) if patient_data else detail or {}
         rows = await self._rows(
             'INSERT INTO audit_log (at, "user", role, action, subject, detail, client)'
             " VALUES (%s, %s, %s, %s, %s, %s, %s) RETURNING id",
@@ -130,13 +126,10 @@ class PostgresQueries:
             " WHERE (%s::bigint IS NULL OR id < %s) ORDER BY id DESC LIMIT %s",
             (before_id, before_id, min(limit, MAX_ROWS)),
         )
-        return [{**dict(zip(AUDIT_KEYS, r, strict=True)), "detail": self._audit_detail(r[6])} for r in rows]
-
-    def _audit_detail(self, text: str) -> dict[str, Any]:
-        detail: dict[str, Any] = json.loads(text)
-        if SEALED in detail and self.cipher is not None:
-            detail = json.loads(self.cipher.decrypt(base64.b64decode(detail[SEALED]), AUDIT_AAD) or b"{}")
-        return detail
+        return [
+            {**dict(zip(AUDIT_KEYS, r, strict=True)), "detail": open_audit_detail(self.cipher, r[6])}
+            for r in rows
+        ]
 
     # -- channels and queues -------------------------------------------------------------------
 

@@ -178,9 +178,8 @@ class Queries:
     ) -> int:
         """Commit one audit record (before the audited data is shown or the action's result returned).
         `patient_data`: the detail holds patient data (a search term): sealed like the payloads."""
-        if patient_data and self.cipher is not None:
-            sealed = self.cipher.encrypt(json.dumps(detail, sort_keys=True).encode(), AUDIT_AAD) or b""
-            detail = {SEALED: base64.b64encode(sealed).decode()}
+        if patient_data:
+            detail = seal_audit_detail(self.cipher, detail or {})
 
         def run() -> int:
             with self._audit_lock:
@@ -361,14 +360,25 @@ class Queries:
             lambda c: c.execute(sql, (before_id, before_id, min(limit, MAX_ROWS))).fetchall()
         )
         keys = ("id", "at", "user", "role", "action", "subject", "detail", "client")
-        return [{**dict(zip(keys, r, strict=True)), "detail": self._audit_detail(r[6])} for r in rows]
+        return [
+            {**dict(zip(keys, r, strict=True)), "detail": open_audit_detail(self.cipher, r[6])} for r in rows
+        ]
 
-    def _audit_detail(self, text: str) -> dict[str, Any]:
-        detail: dict[str, Any] = json.loads(text)
-        if SEALED in detail and self.cipher is not None:
-            clear = self.cipher.decrypt(base64.b64decode(detail[SEALED]), AUDIT_AAD) or b"{}"
-            detail = json.loads(clear)
+
+def seal_audit_detail(cipher: PayloadCipher | None, detail: dict[str, Any]) -> dict[str, Any]:
+    """An audit detail holding patient data (a search term), encrypted like the payloads."""
+    if cipher is None:
         return detail
+    sealed = cipher.encrypt(json.dumps(detail, sort_keys=True).encode(), AUDIT_AAD) or b""
+    return {SEALED: base64.b64encode(sealed).decode()}
+
+
+def open_audit_detail(cipher: PayloadCipher | None, text: str) -> dict[str, Any]:
+    """A stored audit detail, decrypted when it was sealed."""
+    detail: dict[str, Any] = json.loads(text)
+    if SEALED in detail and cipher is not None:
+        detail = json.loads(cipher.decrypt(base64.b64decode(detail[SEALED]), AUDIT_AAD) or b"{}")
+    return detail
 
 
 def matches_patient(term: str, raw: bytes | None) -> bool:
