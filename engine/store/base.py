@@ -10,6 +10,9 @@ contract (tests/component/test_store_contract.py runs it over every backend):
   first message's verdict without storing anything; a different message reusing a control id
   is reported as a conflict.
 - Statuses only move forward; each change adds an `events` row.
+- Every payload (raw, transformed, answers, routing variables `vars`, a delivery's answer) is
+  read back as written, and with a cipher it is stored encrypted (engine/store/sealing.py): a
+  tampered value raises StoreError; `reencrypt` moves everything to the active key online.
 
 Several processes (PostgreSQL; `shared` is True): open deliveries and `received` messages are
 owned by one worker process at a time. A worker owns what it created (a delivery is created
