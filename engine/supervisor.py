@@ -21,6 +21,7 @@ from engine.channel import Channel, message_loader
 from engine.config import ChannelSpec, Project
 from engine.contracts import BuildContext, Destination, Source, Step
 from engine.dispatch import DestinationQueue
+from engine.heap import trim_heap_forever
 from engine.reload import ChannelSlot, load_or_report, snapshot, swap
 from engine.store import open_store
 from engine.store.base import Store
@@ -171,8 +172,10 @@ class Engine:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
+        trimming = asyncio.create_task(trim_heap_forever(), name="heap-trim")  # engine/heap.py: why
         await self._stopping.wait()
         log.info("engine_stopping")
+        trimming.cancel()
         await self.stop()
 
 
