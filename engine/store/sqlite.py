@@ -257,6 +257,12 @@ class SqliteStore(Store):
             update = replace(update, response=self.cipher.encrypt(update.response, "delivery_response"))
         await self._write(lambda conn: update_delivery_op(conn, update))
 
+    async def update_deliveries(self, updates: list[DeliveryUpdate]) -> None:
+        if self.cipher is not None:
+            c = self.cipher
+            updates = [replace(u, response=c.encrypt(u.response, "delivery_response")) for u in updates]
+        await self._write(lambda conn: update_deliveries_op(conn, updates))
+
     async def requeue_delivery(self, delivery_id: int) -> PendingDelivery | None:
         row: PendingDelivery | None = await self._write(lambda conn: requeue_delivery_op(conn, delivery_id))
         return row
@@ -415,6 +421,20 @@ def update_delivery_op(conn: sqlite3.Connection, u: DeliveryUpdate) -> None:
         "UPDATE deliveries SET status=?, attempts=?, next_attempt_at=?, updated_at=?, last_error=?,"
         " response=coalesce(?, response) WHERE id=?",
         (u.status, u.attempts, u.next_attempt_at, time.time(), u.error or None, u.response, u.delivery_id),
+    )
+
+
+def update_deliveries_op(conn: sqlite3.Connection, updates: list[DeliveryUpdate]) -> None:
+    """A queue's batch of outcomes: one executemany (per row, the same trigger as one UPDATE)."""
+    now = time.time()
+    rows = [
+        (u.status, u.attempts, u.next_attempt_at, now, u.error or None, u.response, u.delivery_id)
+        for u in updates
+    ]
+    conn.executemany(
+        "UPDATE deliveries SET status=?, attempts=?, next_attempt_at=?, updated_at=?, last_error=?,"
+        " response=coalesce(?, response) WHERE id=?",
+        rows,
     )
 
 
