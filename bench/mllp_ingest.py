@@ -238,7 +238,7 @@ async def connection(port: int, index: int, stop_at: float, latencies: list[floa
 
 
 async def load(
-    port: int, connections: int, seconds: float, clock: DeliveryClock | None
+    port: int, connections: int, seconds: float, clock: DeliveryClock | None = None
 ) -> tuple[int, list[float], int]:
     latencies: list[float] = []
     await asyncio.gather(*(connection(port, i, time.perf_counter() + 1.0, []) for i in range(connections)))
