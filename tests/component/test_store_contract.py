@@ -269,3 +269,13 @@ async def test_a_batch_of_outcomes_settles_each_message(store: Store) -> None:
     assert [e["status"] for e in await store.events(busy.message_id)] == ["queued", "retrying"]
     still_open = await store.open_deliveries("lab", "archive", 0, 10)
     assert [(d.id, d.attempts) for d in still_open] == [(busy.delivery_ids[0], 1)]
+
+
+async def test_resends_arriving_together_are_stored_once(store: Store) -> None:
+    one, two, fresh = await asyncio.gather(
+        store.intake(record()), store.intake(record()), store.intake(record("C2"))
+    )
+    assert one.message_id == two.message_id and [one.duplicate, two.duplicate].count(True) == 1
+    assert fresh.message_id != one.message_id and not fresh.duplicate
+    stats = await store.stats()
+    assert sum(stats["channels"]["lab"]["messages"].values()) == 2
