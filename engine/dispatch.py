@@ -260,13 +260,18 @@ class DestinationQueue:
             await self._outcomes_ready.wait()
             self._outcomes_ready.clear()
             batch, self._outcomes = self._outcomes, []
+            if not batch:
+                continue
             try:
                 await self.store.update_deliveries([o.update for o in batch])
-            except StoreError as err:
+            except Exception as err:
                 # Not recorded: the deliveries are still open in the store, so they are attempted
-                # again (at-least-once; receivers de-duplicate on the control id).
+                # again (at-least-once; receivers de-duplicate on the control id). Store errors
+                # carry the database's reason, never message content; anything else (a bug) is
+                # named by its type only, and the committer goes on either way.
+                reason = str(err) if isinstance(err, StoreError) else f"unexpected {type(err).__name__}"
                 log.error("delivery_store_failed", channel=self.channel, destination=self.name,
-                          deliveries=len(batch), error=str(err))
+                          deliveries=len(batch), error=reason)
                 for outcome in batch:
                     self._schedule(outcome.work, backoff(self.config, max(outcome.work.attempts, 1)))
             else:
