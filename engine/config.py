@@ -61,7 +61,7 @@ class StoreConfig(Strict):
     max_batch: int = Field(default=512, ge=1, le=10_000)
     """Most operations grouped into one commit (group commit bounds)."""
     encryption: EncryptionConfig | None = None
-    """Encrypt stored payloads (AES-256-GCM); metadata used for search stays in clear."""
+    """Encrypt stored payloads and DSP document blobs (AES-256-GCM); search metadata stays in clear."""
     max_size_mb: int = Field(default=0, ge=0)
     """Quota on the database size (0: none). When reached, intake answers AR/nack: senders keep
     their messages and resend, instead of the disk filling up under the engine. SQLite only."""
