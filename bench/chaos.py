@@ -1,6 +1,7 @@
 """Chaos runs: faults under load, then reconcile acknowledged vs stored vs delivered.
 
-    python bench/chaos.py [--scenario kill9|disk_full|network_cut|all] [--seconds 60] [--json FILE]
+    python bench/chaos.py [--scenario kill9|disk_full|network_cut|broker_restart|sshd_restart|all]
+                          [--seconds 60] [--json FILE]
 
 Each scenario runs the real engine (subprocess) with an MLLP lab channel delivering to a real
 MLLP receiver behind a proxy, and 8 senders that resend until acknowledged (as an LIS does):
@@ -9,6 +10,8 @@ MLLP receiver behind a proxy, and 8 senders that resend until acknowledged (as a
   then space is freed;
 - network_cut: the proxy to the receiver black-holes traffic (accepts, never answers) for a
   while, then heals.
+- broker_restart, sshd_restart: the real RabbitMQ node (AMQP intake and destination) or sshd
+  (an SFTP drop) is stopped and started again under a continuous partner (bench/chaos_restarts.py).
 After each, the run waits for the engine to settle and reports: acknowledged (the senders'
 view), stored (unique control ids in the store), delivered (unique at the receiver),
 downstream duplicates (allowed: at-least-once, de-duplicable on MSH-10), and lost =
@@ -26,12 +29,14 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.chaos_report import Report, print_report  # noqa: E402
+from bench.chaos_restarts import RESTARTS  # noqa: E402
 from tests.support.engine_process import EngineProcess, free_port, write_project  # noqa: E402
 from tests.support.mllp_peers import MllpClient, MllpReceiver  # noqa: E402
 from tests.unit.hl7_samples import MATRICULE, ORU_R01_25  # noqa: E402
@@ -50,22 +55,6 @@ destinations:
     connect_timeout: 2
     queue: {{order_by: PID-3.1, concurrency: 8, initial_backoff: 0.2, max_backoff: 2, max_attempts: 1000}}
 """
-
-
-@dataclass
-class Report:
-    scenario: str
-    seconds: float
-    acknowledged: int
-    stored: int
-    delivered: int
-    downstream_duplicates: int
-    lost: int
-    refused_answers: int
-
-    @property
-    def ok(self) -> bool:
-        return self.lost == 0 and self.stored >= self.acknowledged
 
 
 class Senders:
@@ -285,12 +274,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--scenario", default="all", choices=[*FAULTS, "all"])
+    parser.add_argument("--scenario", default="all", choices=[*FAULTS, *RESTARTS, "all"])
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     reports = []
-    for scenario in FAULTS if args.scenario == "all" else [args.scenario]:
+    for scenario in [*FAULTS, *RESTARTS] if args.scenario == "all" else [args.scenario]:
+        if scenario in RESTARTS:
+            reports.append(RESTARTS[scenario](args.seconds))
+            print_report(reports[-1])
+            continue
         mount = small_filesystem(1024) if scenario == "disk_full" else None  # room once freed
         try:
             reports.append(run(scenario, args.seconds, mount))
@@ -301,15 +294,6 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in reports], indent=2))
     sys.exit(0 if all(r.ok for r in reports) else 1)
-
-
-def print_report(r: Report) -> None:
-    verdict = "OK" if r.ok else "LOSS"
-    print(
-        f"| {r.scenario} | {r.seconds} s | {r.acknowledged} | {r.stored} | {r.delivered} | "
-        f"{r.downstream_duplicates} | {r.lost} | {r.refused_answers} | {verdict} |",
-        flush=True,
-    )
 
 
 if __name__ == "__main__":

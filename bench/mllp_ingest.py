@@ -8,7 +8,13 @@ Each server runs in its own process; the load client (uvloop, 16 connections) in
 The baseline is python-hl7's own asyncio MLLP server parsing each message and answering its
 `create_ack()`, without storing anything.
 
-    python bench/mllp_ingest.py [--seconds 8] [--runs 3] [--connections 16] [--json]
+`delivered` (engine rows): deliveries of the measured window committed as sent by the file
+destination, per second, from the start of the measured load until the queue is empty again
+(what the archive sustains; below `msgs/s` its backlog grows). `--fsync` makes the archive
+fsync each file and its folder (the destination's default) instead of the benchmark's
+`fsync: false`; `--only engine` skips the reference servers.
+
+    python bench/mllp_ingest.py [--seconds 8] [--runs 3] [--connections 16] [--fsync] [--only engine] [--json]
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import platform
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -39,7 +46,7 @@ RECEIVED = """
 respond_after: received
 source: {{type: mllp, port: {port}}}
 destinations:
-  - {{name: archive, type: file, directory: out, fsync: false}}
+  - {{name: archive, type: file, directory: out, fsync: {fsync}}}
 """
 PROCESSED = """
 respond_after: processed
@@ -48,7 +55,7 @@ steps:
   - {{type: filter_message_type, accept: [ORU^R01]}}
   - {{type: validate_hl7, required_segments: [PID, OBR, OBX], required_fields: [PID-3, OBR-4, "OBX[*]-3"]}}
 destinations:
-  - {{name: archive, type: file, directory: out, fsync: false, queue: {{order_by: PID-3.1}}}}
+  - {{name: archive, type: file, directory: out, fsync: {fsync}, queue: {{order_by: PID-3.1}}}}
 """
 BASELINE = """
 import asyncio, sys, hl7, hl7.mllp
@@ -131,6 +138,7 @@ class Result:
     p99_ms: float
     peak_rss_mb: float
     errors: int
+    delivered_per_s: float | None = None
 
 
 def free_port() -> int:
@@ -159,11 +167,46 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+class DeliveryClock:
+    """Deliveries committed as sent in the engine's store, from the start of the measured load
+    until no delivery is open any more (read-only WAL reader: never blocks the engine's writer)."""
+
+    def __init__(self, database: Path) -> None:
+        self.database = database
+        self.started = 0.0
+        self.sent_before = 0
+
+    def counts(self) -> tuple[int, int]:
+        conn = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=30)
+        try:
+            sent, open_ = conn.execute(
+                "SELECT count(*) FILTER (WHERE status='sent'),"
+                " count(*) FILTER (WHERE status IN ('queued','retrying')) FROM deliveries"
+            ).fetchone()
+        finally:
+            conn.close()
+        return int(sent), int(open_)
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+        self.sent_before = self.counts()[0]
+
+    def wait_drained(self, timeout: float = 600.0) -> float:
+        """Deliveries per second over the window; raises if the queue does not drain."""
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            sent, open_ = self.counts()
+            if not open_:
+                return (sent - self.sent_before) / (time.perf_counter() - self.started)
+            time.sleep(0.05)
+        raise RuntimeError(f"deliveries still open after {timeout:.0f} s")
+
+
 def start_engine(folder: Path, channel: str, port: int) -> subprocess.Popen[bytes]:
     (folder / "config").mkdir(parents=True)
     (folder / "channels").mkdir()
     (folder / "config" / "engine.yaml").write_text("store: {path: var/bench.db}\nlogging: {level: warning}\n")
-    (folder / "channels" / "bench.yaml").write_text(channel.format(port=port))
+    (folder / "channels" / "bench.yaml").write_text(channel)
     cmd = [
         sys.executable,
         str(ROOT / "run_engine.py"),
@@ -194,9 +237,14 @@ async def connection(port: int, index: int, stop_at: float, latencies: list[floa
     return errors
 
 
-async def load(port: int, connections: int, seconds: float) -> tuple[int, list[float], int]:
+async def load(
+    port: int, connections: int, seconds: float, clock: DeliveryClock | None = None
+) -> tuple[int, list[float], int]:
     latencies: list[float] = []
     await asyncio.gather(*(connection(port, i, time.perf_counter() + 1.0, []) for i in range(connections)))
+    if clock is not None:
+        clock.wait_drained()  # the warm-up's deliveries are not part of the window
+        clock.start()
     stop_at = time.perf_counter() + seconds  # after a one-second warm-up on fresh connections
     errors = await asyncio.gather(
         *(connection(port, i + 1000, stop_at, latencies) for i in range(connections))
@@ -204,13 +252,21 @@ async def load(port: int, connections: int, seconds: float) -> tuple[int, list[f
     return len(latencies), latencies, sum(errors)
 
 
-def measure(name: str, proc: subprocess.Popen[bytes], port: int, connections: int, seconds: float) -> Result:
+def measure(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    port: int,
+    connections: int,
+    seconds: float,
+    clock: DeliveryClock | None = None,
+) -> Result:
     import uvloop
 
     try:
         wait_listening(port, proc)
-        count, latencies, errors = uvloop.run(load(port, connections, seconds))
+        count, latencies, errors = uvloop.run(load(port, connections, seconds, clock))
         latencies.sort()
+        delivered = clock.wait_drained() if clock is not None else None
         rss = peak_rss_mb(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -222,10 +278,22 @@ def measure(name: str, proc: subprocess.Popen[bytes], port: int, connections: in
         1000 * latencies[int(len(latencies) * 0.99)],
         rss,
         errors,
+        delivered,
     )
 
 
-def run_once(connections: int, seconds: float) -> list[Result]:
+def run_once(connections: int, seconds: float, fsync: bool, only_engine: bool) -> list[Result]:
+    results = [] if only_engine else run_references(connections, seconds)
+    for name, channel in (("engine received", RECEIVED), ("engine processed", PROCESSED)):
+        with tempfile.TemporaryDirectory() as folder:
+            port = free_port()
+            proc = start_engine(Path(folder), channel.format(port=port, fsync=str(fsync).lower()), port)
+            clock = DeliveryClock(Path(folder) / "var" / "bench.db")
+            results.append(measure(name, proc, port, connections, seconds, clock))
+    return results
+
+
+def run_references(connections: int, seconds: float) -> list[Result]:
     results = []
     port = free_port()
     results.append(measure("python-hl7 baseline", start_baseline(port), port, connections, seconds))
@@ -238,11 +306,6 @@ def run_once(connections: int, seconds: float) -> list[Result]:
         results.append(
             measure("reference: frame + SQLite group commit + answer", minimal, port, connections, seconds)
         )
-    for name, channel in (("engine received", RECEIVED), ("engine processed", PROCESSED)):
-        with tempfile.TemporaryDirectory() as folder:
-            port = free_port()
-            proc = start_engine(Path(folder), channel, port)
-            results.append(measure(name, proc, port, connections, seconds))
     return results
 
 
@@ -262,6 +325,7 @@ def median_results(runs: list[list[Result]]) -> list[Result]:
                 median("p99_ms"),
                 median("peak_rss_mb"),
                 sum(r.errors for r in rows),
+                None if first.delivered_per_s is None else median("delivered_per_s"),
             )
         )
     return merged
@@ -274,24 +338,30 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--fsync", action="store_true", help="the archive fsyncs each file (its default)")
+    parser.add_argument("--only", choices=["all", "engine"], default="all")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    runs = [run_once(args.connections, args.seconds) for _ in range(args.runs)]
+    only_engine = args.only == "engine"
+    runs = [run_once(args.connections, args.seconds, args.fsync, only_engine) for _ in range(args.runs)]
     results = median_results(runs)
     if args.json:
         print(json.dumps([asdict(r) for r in results], indent=2))
         return
-    baseline = results[0].msgs_per_s
+    baseline = results[0].msgs_per_s if args.only == "all" else None
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"median of {args.runs} runs x {args.seconds:g} s, {args.connections} connections"
+        f"median of {args.runs} runs x {args.seconds:g} s, {args.connections} connections, "
+        f"archive fsync {'on' if args.fsync else 'off'}"
     )
-    print("| server | msgs/s | x baseline | p50 ms | p99 ms | peak RSS MB | errors |")
-    print("|---|---|---|---|---|---|---|")
+    print("| server | msgs/s | x baseline | p50 ms | p99 ms | peak RSS MB | errors | delivered/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
+        ratio = f"{r.msgs_per_s / baseline:.1f}" if baseline else "-"
+        delivered = "-" if r.delivered_per_s is None else f"{r.delivered_per_s:,.0f}"
         print(
-            f"| {r.server} | {r.msgs_per_s:,.0f} | {r.msgs_per_s / baseline:.1f} | {r.p50_ms:.2f} | "
-            f"{r.p99_ms:.2f} | {r.peak_rss_mb:.0f} | {r.errors} |"
+            f"| {r.server} | {r.msgs_per_s:,.0f} | {ratio} | {r.p50_ms:.2f} | "
+            f"{r.p99_ms:.2f} | {r.peak_rss_mb:.0f} | {r.errors} | {delivered} |"
         )
 
 

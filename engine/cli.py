@@ -64,7 +64,9 @@ def parser() -> argparse.ArgumentParser:
     store_actions = store.add_subparsers(dest="action", required=True)
     new_key = store_actions.add_parser("new-key", help="write a fresh 256-bit key file (mode 0600)")
     new_key.add_argument("file", type=Path)
-    reencrypt = store_actions.add_parser("reencrypt", help="move every payload to the active key (online)")
+    reencrypt = store_actions.add_parser(
+        "reencrypt", help="move every payload and DSP blob to the active key (online)"
+    )
     reencrypt.add_argument(
         "--config", type=Path, default=DEFAULT_CONFIG, help="engine.yaml (default: %(default)s)"
     )
@@ -263,9 +265,23 @@ def cmd_store(args: argparse.Namespace) -> int:
         new_key_file(args.file)
         print(f"wrote {args.file} (keep it out of the database's backups)")
         return 0
-    moved = asyncio.run(reencrypt_store(engine_only(args.config)))
+    project = engine_only(args.config)
+    moved = asyncio.run(reencrypt_store(project))
     print(f"re-encrypted {moved} payload row(s) with the active key")
+    blobs = reencrypt_dsp_blobs(project)
+    print(f"re-encrypted {blobs} DSP document blob(s) with the active key")
     return 0
+
+
+def reencrypt_dsp_blobs(project: Project) -> int:
+    """The DSP's document blobs are sealed with the store's keys: rotation moves them too."""
+    from engine.dsp.service import reencrypt_blobs
+    from engine.store import payload_cipher
+
+    cipher = payload_cipher(project.engine.store, project.root)
+    if cipher is None:
+        raise ConfigError([f"{project.root}: store encryption is not configured"])
+    return reencrypt_blobs(project.root, cipher)
 
 
 async def reencrypt_store(project: Project) -> int:

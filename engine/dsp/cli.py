@@ -22,6 +22,7 @@ from engine.dsp.registry import Entry
 from engine.dsp.repository import IntegrityError
 from engine.dsp.service import Dsp, open_dsp
 from engine.errors import ConfigError
+from engine.store import payload_cipher
 
 DEFAULT_CONFIG = Path("config/engine.yaml")
 
@@ -56,7 +57,7 @@ def open_from_config(config: Path) -> Dsp:
     config = config.resolve()
     root = config.parent.parent if config.parent.name == "config" else config.parent
     engine = load_engine_config(config)
-    return open_dsp(root, root / engine.store.path)
+    return open_dsp(root, root / engine.store.path, cipher=payload_cipher(engine.store, root))
 
 
 def dsp_command(argv: list[str]) -> int:

@@ -29,6 +29,7 @@ from engine.errors import ConfigError, ParseError, PasserelleError
 from engine.formats import cda
 from engine.formats.dicom_manifest import KosManifest, read_manifest
 from engine.message import CDA, DICOM
+from engine.store.cipher import PayloadCipher
 
 if TYPE_CHECKING:
     from engine.mpi.service import Mpi
@@ -71,11 +72,11 @@ class Described:
 
 
 class Dsp:
-    def __init__(self, root: Path, db_path: Path, config: DspConfig, mpi: Callable[[], Mpi]) -> None:
+    def __init__(self, root: Path, db_path: Path, config: DspConfig, mpi: Callable[[], Mpi],
+                 cipher: PayloadCipher | None = None) -> None:
         self.config = config
         self.registry = Registry(db_path)
-        self.repository = Repository(root / config.blob_dir if not Path(config.blob_dir).is_absolute()
-                                     else Path(config.blob_dir))
+        self.repository = Repository(blob_folder(root, config), cipher=cipher)  # sealed when keys are set
         self._mpi = mpi
 
     def close(self) -> None:
@@ -210,8 +211,20 @@ def content_id(content: bytes) -> str:
 _LOCK = threading.Lock()
 
 
-def open_dsp(root: Path, db_path: Path, mpi: Callable[[], Mpi] | None = None) -> Dsp:
-    """A Dsp on `db_path` with `config/dsp.yaml` (CLI, tests); the MPI is opened on first use."""
+def blob_folder(root: Path, config: DspConfig) -> Path:
+    return root / config.blob_dir if not Path(config.blob_dir).is_absolute() else Path(config.blob_dir)
+
+
+def reencrypt_blobs(root: Path, cipher: PayloadCipher) -> int:
+    """Move every DSP blob of the installation at `root` to the cipher's active key; blobs moved."""
+    folder = blob_folder(root, load_dsp_config(root / "config" / "dsp.yaml"))
+    return Repository(folder, cipher=cipher).reencrypt() if folder.is_dir() else 0
+
+
+def open_dsp(root: Path, db_path: Path, mpi: Callable[[], Mpi] | None = None,
+             cipher: PayloadCipher | None = None) -> Dsp:
+    """A Dsp on `db_path` with `config/dsp.yaml` (CLI, tests); the MPI is opened on first use.
+    `cipher`: the store's encryption at rest (engine.yaml `store.encryption`), sealing the blobs."""
     holder: dict[str, Mpi] = {}
 
     def own_mpi() -> Mpi:
@@ -221,7 +234,7 @@ def open_dsp(root: Path, db_path: Path, mpi: Callable[[], Mpi] | None = None) ->
             holder["mpi"] = Mpi(db_path, load_for_root(root))
         return holder["mpi"]
 
-    return Dsp(root, db_path, load_dsp_config(root / "config" / "dsp.yaml"), mpi or own_mpi)
+    return Dsp(root, db_path, load_dsp_config(root / "config" / "dsp.yaml"), mpi or own_mpi, cipher)
 
 
 def dsp_from(context: BuildContext) -> Dsp:
@@ -237,7 +250,8 @@ def dsp_from(context: BuildContext) -> Dsp:
         if not isinstance(path, Path):
             raise ConfigError(["the DSP keeps its documents in the SQLite store file; it cannot run on the"
                                " PostgreSQL store yet"])
-        dsp = open_dsp(context.root, path, lambda: mpi_from(context))
+        cipher = getattr(store, "cipher", None)  # the store's encryption keys seal the blobs too
+        dsp = open_dsp(context.root, path, lambda: mpi_from(context), cipher)
         context.services["dsp"] = dsp
     dsp.seed_register(context.root)
     return dsp

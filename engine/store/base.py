@@ -27,6 +27,7 @@ plain reads and the engine code path is the same.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -202,6 +203,17 @@ class Store(ABC):
 
     @abstractmethod
     async def update_delivery(self, update: DeliveryUpdate) -> None: ...
+
+    async def update_deliveries(self, updates: list[DeliveryUpdate]) -> None:
+        """Commit several delivery outcomes (a destination queue's batch); each is durable on return.
+
+        Default: each as its own `update_delivery`, all in flight at once (the store's group
+        commit gathers them). A StoreError means some may not be committed: the caller treats all
+        as open (at-least-once). Stores that can apply them in one statement override this."""
+        results = await asyncio.gather(*(self.update_delivery(u) for u in updates), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     @abstractmethod
     async def unprocessed(self, channel: str, after_id: int, limit: int) -> list[StoredMessage]:

@@ -15,8 +15,10 @@ active key while the engine runs (key rotation without downtime).
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -28,6 +30,8 @@ MAGIC = b"PSE1"
 KEY_ID_BYTES = 8
 NONCE_BYTES = 12
 HEADER_BYTES = len(MAGIC) + KEY_ID_BYTES + NONCE_BYTES
+TAG_BYTES = 16
+NAME_KEY_LABEL = b"passerelle keyed names v1"  # domain separation: name keys never equal data keys
 
 
 def new_key_file(path: Path) -> None:
@@ -63,12 +67,32 @@ class PayloadCipher:
 
     keys: dict[bytes, AESGCM]
     active: bytes
+    name_keys: dict[bytes, bytes] = field(default_factory=dict)
+    """Per key id, an HMAC key derived from it for keyed names (`keyed_name`), never the key itself."""
 
     @classmethod
     def from_files(cls, keys: dict[str, Path], active: str) -> PayloadCipher:
         if active not in keys:
             raise ConfigError([f"the active store encryption key {active!r} is not among the keys"])
-        return cls({key_id_bytes(k): AESGCM(read_key(p)) for k, p in keys.items()}, key_id_bytes(active))
+        raw = {key_id_bytes(k): read_key(p) for k, p in keys.items()}
+        return cls(
+            {k: AESGCM(v) for k, v in raw.items()},
+            key_id_bytes(active),
+            {k: hmac.new(v, NAME_KEY_LABEL, hashlib.sha256).digest() for k, v in raw.items()},
+        )
+
+    def key_ids(self) -> list[bytes]:
+        """The known key ids, the active one first."""
+        return [self.active, *(k for k in self.keys if k != self.active)]
+
+    def keyed_name(self, value: bytes, key_id: bytes) -> str:
+        """HMAC-SHA256 of `value` under key `key_id`'s name key, hex: a name that reveals nothing
+        about `value` to whoever lacks the key (no confirmation of a guessed value)."""
+        return hmac.new(self.name_keys[key_id], value, hashlib.sha256).hexdigest()
+
+    def sealed_by(self, data: bytes) -> bytes | None:
+        """The key id an encrypted value names, None for plaintext."""
+        return data[len(MAGIC) : len(MAGIC) + KEY_ID_BYTES] if data.startswith(MAGIC) else None
 
     def encrypt(self, data: bytes | None, column: str) -> bytes | None:
         if data is None:

@@ -60,9 +60,9 @@ _STOP = object()
 
 _MESSAGE_COLUMNS = stored_select("messages", "contents")
 _MESSAGES_WITH_CONTENT = "messages JOIN contents ON contents.message_id = messages.id"
-_INSERT_MESSAGE = (
-    f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES ({', '.join('?' * len(MESSAGE_COLUMNS))})"
-    " ON CONFLICT DO NOTHING"
+_INSERT_MESSAGE = (  # ids are assigned by the writer (intake_many), the other columns by rows.py
+    f"INSERT INTO messages (id, {', '.join(MESSAGE_COLUMNS)})"
+    f" VALUES (?, {', '.join('?' * len(MESSAGE_COLUMNS))})"
 )
 _INSERT_CONTENT = (
     f"INSERT INTO contents (message_id, {', '.join(CONTENT_COLUMNS)})"
@@ -166,7 +166,7 @@ class SqliteStore(Store):
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         try:
             conn.execute("BEGIN IMMEDIATE")
-            results = [op(conn) for op, _ in batch]
+            results = run_ops(conn, [op for op, _ in batch])
             conn.execute("COMMIT")
             self.commits += 1
         except sqlite3.Error as err:
@@ -240,8 +240,7 @@ class SqliteStore(Store):
     # -- the interface -------------------------------------------------------------------------
 
     async def intake(self, record: IntakeRecord) -> IntakeResult:
-        record = seal_intake(self.cipher, record)
-        result: IntakeResult = await self._write(lambda conn: intake_op(conn, record))
+        result: IntakeResult = await self._write(IntakeOp(seal_intake(self.cipher, record)))
         return result
 
     async def processed(self, record: ProcessedRecord) -> tuple[int, ...]:
@@ -252,6 +251,10 @@ class SqliteStore(Store):
     async def update_delivery(self, update: DeliveryUpdate) -> None:
         update = seal_update(self.cipher, update)
         await self._write(lambda conn: update_delivery_op(conn, update))
+
+    async def update_deliveries(self, updates: list[DeliveryUpdate]) -> None:
+        updates = [seal_update(self.cipher, u) for u in updates]
+        await self._write(lambda conn: update_deliveries_op(conn, updates))
 
     async def requeue_delivery(self, delivery_id: int) -> PendingDelivery | None:
         row: PendingDelivery | None = await self._write(lambda conn: requeue_delivery_op(conn, delivery_id))
@@ -318,33 +321,104 @@ def migrate(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE contents ADD COLUMN vars BLOB")
 
 
-def intake_op(conn: sqlite3.Connection, r: IntakeRecord) -> IntakeResult:
-    """The hot path: the message row, its content row, its deliveries.
+def run_ops(conn: sqlite3.Connection, ops: list[Op]) -> list[Any]:
+    """A batch's operations in one transaction, their results in order. The intakes of the batch
+    run together first (`intake_many`): nothing else in a batch can depend on a message stored in
+    the same batch, since its id is only known to the caller once the batch is committed."""
+    intakes = [i for i, op in enumerate(ops) if isinstance(op, IntakeOp)]
+    results: list[Any] = [None] * len(ops)
+    if intakes:
+        records = [ops[i].record for i in intakes]  # type: ignore[attr-defined]
+        for i, result in zip(intakes, intake_many(conn, records), strict=True):
+            results[i] = result
+    taken = set(intakes)
+    for i, op in enumerate(ops):
+        if i not in taken:
+            results[i] = op(conn)
+    return results
 
-    De-duplication costs nothing unless the key exists (INSERT ... ON CONFLICT DO NOTHING).
-    The intake status is kept in the message row (`intake_status`): it is the first event
-    of the message's history, so no event row is written at intake.
+
+class IntakeOp:
+    """The intake of one record: batched with the other intakes of a commit by `run_ops`."""
+
+    def __init__(self, record: IntakeRecord) -> None:
+        self.record = record
+
+    def __call__(self, conn: sqlite3.Connection) -> IntakeResult:
+        return intake_many(conn, [self.record])[0]
+
+
+_INSERT_DELIVERY = (
+    "INSERT INTO deliveries (id, message_id, channel, destination, status, order_key, attempts,"
+    " created_at, next_attempt_at, updated_at) VALUES (?,?,?,?,'queued',?,0,?,?,?)"
+)
+_Existing = tuple[int, bytes, str, str, str | None]  # id, content_hash, status, ack_code, findings
+_Keys = dict[tuple[str, str | None], _Existing]  # (channel, dedup_key) -> the stored message
+
+
+def intake_many(conn: sqlite3.Connection, records: list[IntakeRecord]) -> list[IntakeResult]:
+    """The hot path: every message row, content row and delivery of a batch, one executemany each.
+
+    Ids are assigned here (the writer is the only one inserting: max(id) + 1, which is what SQLite
+    itself would assign), so no per-row round trip is needed to learn them. De-duplication: one
+    `IN (...)` query per channel for the batch's keys, and the keys of the batch itself, in order
+    (a resend within the same batch is a duplicate of the first). The intake status is kept in
+    the message row (`intake_status`): the first event of its history, so no event row here.
     """
-    cur = conn.execute(_INSERT_MESSAGE, message_values(r))
-    if not cur.rowcount:
-        return existing_message(conn, r, r.dedup_key)
-    message_id = int(cur.lastrowid or 0)
-    conn.execute(_INSERT_CONTENT, (message_id, *content_values(r)))
-    delivery_ids = insert_deliveries(conn, message_id, r.channel, r.deliveries, r.received_at)
-    return IntakeResult(
-        message_id, status=r.status, ack_code=r.ack_code, findings=r.findings, delivery_ids=delivery_ids
-    )
+    known = existing_keys(conn, records)
+    next_message = int(conn.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0])
+    next_delivery = int(conn.execute("SELECT coalesce(max(id), 0) + 1 FROM deliveries").fetchone()[0])
+    messages: list[tuple[Any, ...]] = []
+    contents: list[tuple[Any, ...]] = []
+    deliveries: list[tuple[Any, ...]] = []
+    results = []
+    for r in records:
+        key = (r.channel, r.dedup_key)
+        if r.dedup_key is not None and key in known:
+            results.append(known_result(known[key], r.content_hash))
+            continue
+        message_id, next_message = next_message, next_message + 1
+        if r.dedup_key is not None:
+            known[key] = (message_id, r.content_hash, r.status, r.ack_code, r.findings)
+        t = r.received_at
+        messages.append((message_id, *message_values(r)))
+        contents.append((message_id, *content_values(r)))
+        ids = range(next_delivery, next_delivery + len(r.deliveries))
+        next_delivery += len(r.deliveries)
+        deliveries += [(i, message_id, r.channel, d.destination, d.order_key, t, t, t)
+                       for i, d in zip(ids, r.deliveries, strict=True)]  # fmt: skip
+        results.append(IntakeResult(message_id, status=r.status, ack_code=r.ack_code, findings=r.findings,
+                                    delivery_ids=tuple(ids)))  # fmt: skip
+    conn.executemany(_INSERT_MESSAGE, messages)
+    conn.executemany(_INSERT_CONTENT, contents)
+    conn.executemany(_INSERT_DELIVERY, deliveries)
+    return results
 
 
-def existing_message(conn: sqlite3.Connection, r: IntakeRecord, dedup_key: str | None) -> IntakeResult:
-    row = conn.execute(
-        "SELECT id, content_hash, status, ack_code, findings FROM messages WHERE channel=? AND dedup_key=?",
-        (r.channel, dedup_key),
-    ).fetchone()
-    same = row[1] == r.content_hash
-    return IntakeResult(
-        row[0], duplicate=same, conflict=not same, status=row[2], ack_code=row[3], findings=row[4]
-    )
+def existing_keys(conn: sqlite3.Connection, records: list[IntakeRecord]) -> _Keys:
+    """Stored messages with the de-duplication keys of `records`: one query per channel."""
+    by_channel: dict[str, set[str]] = {}
+    for r in records:
+        if r.dedup_key is not None:
+            by_channel.setdefault(r.channel, set()).add(r.dedup_key)
+    found: _Keys = {}
+    for channel, keys in by_channel.items():
+        marks = ",".join("?" * len(keys))
+        rows = conn.execute(
+            "SELECT dedup_key, id, content_hash, status, ack_code, findings FROM messages"
+            f" WHERE channel=? AND dedup_key IN ({marks})",
+            (channel, *keys),
+        )
+        for key, *row in rows:
+            found[(channel, key)] = (row[0], row[1], row[2], row[3], row[4])
+    return found
+
+
+def known_result(row: _Existing, content_hash: bytes) -> IntakeResult:
+    """A resend of a stored message: its verdict; a different message with its key: a conflict."""
+    same = row[1] == content_hash
+    return IntakeResult(row[0], duplicate=same, conflict=not same, status=row[2], ack_code=row[3],
+                        findings=row[4])  # fmt: skip
 
 
 def insert_deliveries(
@@ -384,6 +458,20 @@ def update_delivery_op(conn: sqlite3.Connection, u: DeliveryUpdate) -> None:
         "UPDATE deliveries SET status=?, attempts=?, next_attempt_at=?, updated_at=?, last_error=?,"
         " response=coalesce(?, response) WHERE id=?",
         (u.status, u.attempts, u.next_attempt_at, time.time(), u.error or None, u.response, u.delivery_id),
+    )
+
+
+def update_deliveries_op(conn: sqlite3.Connection, updates: list[DeliveryUpdate]) -> None:
+    """A queue's batch of outcomes: one executemany (per row, the same trigger as one UPDATE)."""
+    now = time.time()
+    rows = [
+        (u.status, u.attempts, u.next_attempt_at, now, u.error or None, u.response, u.delivery_id)
+        for u in updates
+    ]
+    conn.executemany(
+        "UPDATE deliveries SET status=?, attempts=?, next_attempt_at=?, updated_at=?, last_error=?,"
+        " response=coalesce(?, response) WHERE id=?",
+        rows,
     )
 
 

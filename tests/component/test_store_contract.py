@@ -446,3 +446,31 @@ async def test_a_reencrypt_page_chosen_as_deadlock_victim_is_run_again(
         assert await store.reencrypt() == 1
     finally:
         await store.close()
+
+
+async def test_a_batch_of_outcomes_settles_each_message(store: Store) -> None:
+    sent = await store.intake(record("B1", raw=b"MSH|^~\\&|LAB|A|||x||ORU^R01|B1|P|2.5\r"))
+    dead = await store.intake(record("B2", raw=b"MSH|^~\\&|LAB|A|||x||ORU^R01|B2|P|2.5\r"))
+    busy = await store.intake(record("B3", raw=b"MSH|^~\\&|LAB|A|||x||ORU^R01|B3|P|2.5\r"))
+    await store.update_deliveries(
+        [
+            DeliveryUpdate(sent.delivery_ids[0], sent.message_id, "archive", "sent", 1, 0.0, "", b"OK"),
+            DeliveryUpdate(dead.delivery_ids[0], dead.message_id, "archive", "dead", 3, 0.0, "gave up"),
+            DeliveryUpdate(busy.delivery_ids[0], busy.message_id, "archive", "retrying", 1, 9.0, "busy"),
+        ]
+    )
+    statuses = {m: (await store.message(m)).status for m in (sent.message_id, dead.message_id)}  # type: ignore[union-attr]
+    assert statuses == {sent.message_id: "sent", dead.message_id: "errored"}
+    assert [e["status"] for e in await store.events(busy.message_id)] == ["queued", "retrying"]
+    still_open = await store.open_deliveries("lab", "archive", 0, 10)
+    assert [(d.id, d.attempts) for d in still_open] == [(busy.delivery_ids[0], 1)]
+
+
+async def test_resends_arriving_together_are_stored_once(store: Store) -> None:
+    one, two, fresh = await asyncio.gather(
+        store.intake(record()), store.intake(record()), store.intake(record("C2"))
+    )
+    assert one.message_id == two.message_id and [one.duplicate, two.duplicate].count(True) == 1
+    assert fresh.message_id != one.message_id and not fresh.duplicate
+    stats = await store.stats()
+    assert sum(stats["channels"]["lab"]["messages"].values()) == 2

@@ -111,19 +111,24 @@ def sftp_batch(data: bytes) -> None:
         return
 
 
-def channel_yaml(data: bytes) -> None:
-    """The channel loader on arbitrary files: a ChannelSpec or `file: path: message` problems."""
-    from engine.config import Problems, load_channel
+# One empty folder for every input: the channel's bytes are given in memory (`parse_channel`, what
+# `load_channel` runs after reading the file), so no file is written per input; the folder only
+# has to exist and hold no `fuzz.tests.yaml` or secret files, so `${file:...}` references fail
+# with a problem line the same way every time.
+_FOLDER = Path(tempfile.mkdtemp(prefix="fuzz-channel-yaml-"))
+_CHANNEL_FILE = _FOLDER / "fuzz.yaml"
 
-    with tempfile.TemporaryDirectory() as folder:
-        channel = Path(folder) / "fuzz.yaml"
-        channel.write_bytes(data)
-        problems = Problems()
-        try:
-            load_channel(channel, Path(folder), problems)
-            problems.raise_if_any()
-        except ConfigError as err:
-            assert all(line.startswith(str(channel)) for line in err.problems)
+
+def channel_yaml(data: bytes) -> None:
+    """The channel loader on arbitrary bytes: a ChannelSpec or `file: path: message` problems."""
+    from engine.config import Problems, parse_channel
+
+    problems = Problems()
+    try:
+        parse_channel(data, _CHANNEL_FILE, _FOLDER, problems)
+        problems.raise_if_any()
+    except ConfigError as err:
+        assert all(line.startswith(str(_CHANNEL_FILE)) for line in err.problems)
 
 
 TARGETS: dict[str, Target] = {

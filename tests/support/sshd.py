@@ -103,6 +103,11 @@ class Sshd:
         config = self.folder / "sshd_config"
         self._launch(config, 20.0)
 
+    def restart(self) -> None:
+        """Stop, then start again on the same port with the same keys (an sshd restart)."""
+        self.stop()
+        self._launch(self.folder / "sshd_config", 20.0)
+
     def stop(self) -> None:
         """Stop the listener and its per-connection children (they would keep serving old sessions)."""
         if self.proc is not None and self.proc.poll() is None:

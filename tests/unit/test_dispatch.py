@@ -12,9 +12,9 @@ import pytest
 from engine.channel import message_loader
 from engine.config import QueueConfig
 from engine.dispatch import DestinationQueue, backoff
-from engine.errors import PermanentError, RetryableError
+from engine.errors import PermanentError, RetryableError, StoreError
 from engine.message import HL7V2, Message, SourceMeta
-from engine.store.base import IntakeRecord, NewDelivery
+from engine.store.base import DeliveryUpdate, IntakeRecord, NewDelivery
 from engine.store.sqlite import SqliteStore
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.02, "jitter": 0.0}
@@ -199,3 +199,52 @@ async def test_stop_waits_for_attempts_in_flight_only(store: SqliteStore) -> Non
         await asyncio.sleep(0.01)
     # nothing is in flight now (the first delivery waits 30 s for its retry): stop must not wait
     await asyncio.wait_for(queue.stop(timeout=600), timeout=30)
+
+
+class FailingOutcomes(SqliteStore):
+    """The real store, whose first `failures` batches of delivery outcomes fail to commit."""
+
+    def __init__(self, path: Path, failures: int) -> None:
+        super().__init__(path)
+        self.failures = failures
+        self.batches: list[int] = []
+
+    async def update_deliveries(self, updates: list[DeliveryUpdate]) -> None:
+        self.batches.append(len(updates))
+        if self.failures:
+            self.failures -= 1
+            raise StoreError("store commit failed: disk I/O error")
+        await super().update_deliveries(updates)
+
+
+async def test_an_outcome_batch_that_fails_to_commit_is_delivered_again(tmp_path: Path) -> None:
+    store = FailingOutcomes(tmp_path / "store.db", failures=1)
+    await store.open()
+    peer = Peer()
+    queue = make_queue(store, peer, concurrency=4)
+    ids = [await enqueue(store, queue, f"m{i}") for i in range(12)]
+    queue.start()
+    for mid in ids:
+        assert await settled(store, mid) == "sent"
+    # every message reached the peer; those whose outcome was lost were sent again (at-least-once)
+    assert set(peer.sent) == {f"m{i}" for i in range(12)} and len(peer.sent) > 12
+    await queue.stop(1)
+    await store.close()
+
+
+async def test_outcomes_of_concurrent_workers_are_committed_together(store: SqliteStore) -> None:
+    peer = Peer()
+    peer.release.clear()
+    queue = make_queue(store, peer, concurrency=8)
+    ids = [await enqueue(store, queue, f"m{i}") for i in range(8)]
+    queue.start()
+    commits = store.commits
+    for _ in range(500):  # until all eight workers are waiting in the peer
+        if queue.in_flight == 8:
+            break
+        await asyncio.sleep(0.01)
+    peer.release.set()
+    for mid in ids:
+        assert await settled(store, mid) == "sent"
+    assert store.commits - commits < 8  # fewer commits than outcomes: they were batched
+    await queue.stop(1)

@@ -5,6 +5,11 @@ temporary name in the same folder, is fsynced, renamed, and the folder is fsynce
 reader polling the folder (or a crash) never sees half a message. The name is stable per
 message, so a retried delivery overwrites instead of duplicating. Any OSError (disk full,
 permissions) is retryable: the message waits in its queue until the disk is fixed.
+
+Concurrent deliveries share the folder's fsync (`FolderSync`): each file is fsynced on its own,
+and after its rename it waits for a folder fsync that started after that rename; one such fsync
+covers every rename before it. Same durability as one folder fsync per file, fewer flushes
+(measured in bench/BENCHMARKS.md, `bench/delivery_drain.py --fsync`).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import os
 import re
+import threading
 from pathlib import Path
 
 from pydantic import Field
@@ -43,6 +49,7 @@ class FileDestination:
     def __init__(self, config: Config, context: BuildContext) -> None:
         self.config = config
         self.directory = context.path(config.directory)
+        self.folder_sync = FolderSync(self.directory)
 
     async def send(self, message: Message) -> bytes | None:
         name = self.filename(message)
@@ -72,7 +79,7 @@ class FileDestination:
             write_synced(temp, content, self.config.mode, self.config.fsync)
             os.replace(temp, target)
             if self.config.fsync:
-                sync_directory(self.directory)
+                self.folder_sync.after_rename()
         except OSError as err:
             with contextlib.suppress(OSError):  # the folder itself may be what is broken
                 temp.unlink(missing_ok=True)
@@ -89,6 +96,42 @@ def write_synced(path: Path, content: bytes, mode: int, fsync: bool) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class FolderSync:
+    """One folder's fsync shared by the threads that renamed into it (group fsync).
+
+    `after_rename()` returns once a folder fsync that started after the caller's rename has
+    completed; a failed fsync raises OSError in the thread that ran it, and the others run
+    their own. Thread-safe: called from the delivery threads."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._changed = threading.Condition()
+        self._renames = 0  # renames announced so far
+        self._synced = 0  # every rename up to this number is durable
+        self._running = False
+
+    def after_rename(self) -> None:
+        with self._changed:
+            self._renames += 1
+            mine = self._renames
+            while self._synced < mine:
+                if self._running:
+                    self._changed.wait()  # a sync is running; it may have started before my rename
+                    continue
+                self._running = True
+                covered = self._renames  # every rename announced before this sync starts
+                try:
+                    self._changed.release()
+                    try:
+                        sync_directory(self.directory)
+                    finally:
+                        self._changed.acquire()
+                    self._synced = max(self._synced, covered)
+                finally:
+                    self._running = False
+                    self._changed.notify_all()
 
 
 def sync_directory(directory: Path) -> None:
