@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from engine.validation.cli import validate_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,7 +21,6 @@ def run(*argv: str | Path) -> tuple[int, str]:
     return validate_command([str(a) for a in argv], out), out.getvalue()
 
 
-@pytest.mark.skipif(not PCR.is_file(), reason="../shared/data/ch-lrph is not available")
 def test_the_lrph_sample_gives_the_reference_findings(tmp_path: Path) -> None:
     status, text = run(PCR, "--cache-dir", tmp_path)
     assert status == 0

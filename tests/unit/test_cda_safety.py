@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import resource
-import time
 
 import pytest
 
@@ -43,52 +42,47 @@ CDA = b"""<ClinicalDocument xmlns="urn:hl7-org:v3">
 <code code="11502-2" codeSystem="2.16.840.1.113883.6.1"/></ClinicalDocument>"""
 
 
-def refused(data: bytes, **limits: int) -> tuple[str, float, int]:
-    """(reason, seconds, growth of the process's peak memory in KiB)."""
+def refused(data: bytes, **limits: int) -> tuple[str, int]:
+    """(reason, growth of the process's peak memory in KiB). How fast: tests/fuzz and bench, not here."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
     with pytest.raises(ParseError) as caught:
         parse_xml(data, **limits)
-    elapsed = time.perf_counter() - start
     grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    return str(caught.value), elapsed, grown
+    return str(caught.value), grown
 
 
 @pytest.mark.parametrize("attack", [BILLION_LAUGHS, XXE_FILE, XXE_NETWORK, EXTERNAL_DTD])
-def test_dtd_and_entity_attacks_are_refused_quickly_in_bounded_memory(attack: bytes) -> None:
-    reason, seconds, grown = refused(attack)
+def test_dtd_and_entity_attacks_are_refused_in_bounded_memory(attack: bytes) -> None:
+    reason, grown = refused(attack)
     assert "DTD or entities" in reason
-    assert seconds < 0.1
     assert grown < 10 * 1024
 
 
 def test_utf16_doctype_is_refused_too() -> None:
-    reason, _, _ = refused(
+    reason, _ = refused(
         BILLION_LAUGHS.decode().replace('"1.0"?', '"1.0" encoding="UTF-16"?').encode("utf-16")
     )
     assert "DTD or entities" in reason
 
 
 def test_undeclared_entity_is_refused() -> None:
-    reason, _, _ = refused(UNDECLARED_ENTITY)
+    reason, _ = refused(UNDECLARED_ENTITY)
     assert "entity" in reason
 
 
 def test_oversize_is_refused_before_parsing() -> None:
-    reason, seconds, _ = refused(b"<a>" + b"x" * 2_000_000 + b"</a>", max_bytes=1_000_000)
+    reason, _ = refused(b"<a>" + b"x" * 2_000_000 + b"</a>", max_bytes=1_000_000)
     assert "over the limit of 1000000 bytes" in reason
-    assert seconds < 0.05
 
 
 def test_deep_nesting_is_refused() -> None:
-    reason, _, _ = refused(b"<a>" * 60 + b"</a>" * 60, max_depth=50)
+    reason, _ = refused(b"<a>" * 60 + b"</a>" * 60, max_depth=50)
     assert "deeper than 50 levels" in reason
 
 
-def test_pathological_depth_is_refused_quickly_in_bounded_memory() -> None:
-    reason, seconds, grown = refused(b"<a>" * 1_000_000 + b"</a>" * 1_000_000)
+def test_pathological_depth_is_refused_in_bounded_memory() -> None:
+    reason, grown = refused(b"<a>" * 1_000_000 + b"</a>" * 1_000_000)
     assert "deeper than" in reason
-    assert seconds < 0.5
     assert grown < 50 * 1024
 
 
@@ -97,7 +91,7 @@ def test_depth_at_the_limit_is_accepted() -> None:
 
 
 def test_malformed_xml_is_refused_with_the_parser_reason() -> None:
-    reason, _, _ = refused(b"<ClinicalDocument><title></ClinicalDocument>")
+    reason, _ = refused(b"<ClinicalDocument><title></ClinicalDocument>")
     assert reason.startswith("XML document is not well-formed")
 
 

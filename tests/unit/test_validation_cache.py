@@ -81,11 +81,12 @@ def test_the_key_covers_included_files(tmp_path: Path) -> None:
     assert CompiledCache(tmp_path / "c").get(sch, None, None)[1] != key
 
 
-@pytest.mark.skipif(not LRPH.is_file(), reason="../shared/data/ch-lrph is not available")
-def test_a_cached_start_of_lrph_takes_well_under_a_second(tmp_path: Path) -> None:
+def test_a_restart_reuses_the_compiled_lrph_rule_set(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real XSLT 2 rule set (../shared/data; its absence fails here, loudly): a restart does
+    not compile it again (how fast a cached start is: bench/schematron_validate.py)."""
+    assert LRPH.is_file(), f"{LRPH} is missing: the shared data folder must sit beside the repository"
     Registry(REPO, tmp_path).validator(Registry(REPO, tmp_path).resolve("ch-lrph"))
-    start = time.perf_counter()
+    monkeypatch.setattr(cache_module, "compile_schematron", no_compiler)
     registry = Registry(REPO, tmp_path)
     _, from_cache = registry.validator(registry.resolve("ch-lrph"))
     assert from_cache
-    assert time.perf_counter() - start < 1.0

@@ -32,7 +32,11 @@ SCH = LRPH / "schematrons/HL7.ch/CDA-CH/v1.2/cda-ch-lrph.sch"
 SAMPLES = sorted(LRPH.glob("projects/BAG/Meldesysteme/*/*.xml"))
 SVRL = {"svrl": "http://purl.oclc.org/dsdl/svrl"}
 
-pytestmark = pytest.mark.skipif(not SCH.is_file(), reason="../shared/data/ch-lrph is not available")
+
+
+def test_the_shared_lrph_rule_set_is_present() -> None:
+    """The tests below need ../shared/data; without it they must fail, never skip."""
+    assert SCH.is_file(), f"{SCH} is missing: the shared data folder must sit beside the repository"
 
 
 def skeleton_dir() -> tuple[Path, str]:
