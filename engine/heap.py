@@ -8,7 +8,13 @@ leaks (the soak's RSS crept up at every backlog spike and never came down), and 
 in that noise. `malloc_trim(0)` releases the free pages of every arena (glibc >= 2.8); it takes
 a few milliseconds and ctypes releases the GIL during the call.
 
-Contract: never raises; a no-op where the C library has no malloc_trim (musl, macOS).
+Arenas: glibc gives each thread that allocates its own arena (up to 8 per core), and a freed
+chunk can only be reused by its own arena, so the engine's worker threads (store readers, file
+writes, SFTP transfers) each keep a private high-water mark. `limit_arenas` caps them at two
+(mallopt M_ARENA_MAX, the remedy glibc documents for multi-threaded servers whose RSS creeps);
+it must run before the threads start.
+
+Contract: never raises; a no-op where the C library has no malloc_trim/mallopt (musl, macOS).
 """
 
 from __future__ import annotations
@@ -19,21 +25,35 @@ import ctypes.util
 from collections.abc import Callable
 
 TRIM_EVERY_SECONDS = 30.0
+M_ARENA_MAX = -8  # glibc's malloc.h
+ENGINE_ARENAS = 2
 
 
-def find_malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library does not have it."""
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        libc = ctypes.CDLL(name)
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
+        return None
+
+
+def limit_arenas(arenas: int = ENGINE_ARENAS) -> bool:
+    """Cap glibc's malloc arenas (call before starting threads); True when the C library took it."""
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    return bool(mallopt(M_ARENA_MAX, arenas)) if mallopt is not None else False
+
+
+def find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library does not have it."""
+    trim = getattr(_libc(), "malloc_trim", None)
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-    return trim
+    return trim  # type: ignore[no-any-return]
 
 
 def trim_heap() -> bool:

@@ -21,7 +21,7 @@ from engine.channel import Channel, message_loader
 from engine.config import ChannelSpec, Project
 from engine.contracts import BuildContext, Destination, Source, Step
 from engine.dispatch import DestinationQueue
-from engine.heap import trim_heap_forever
+from engine.heap import limit_arenas, trim_heap_forever
 from engine.reload import ChannelSlot, load_or_report, snapshot, swap
 from engine.store import open_store
 from engine.store.base import Store
@@ -181,6 +181,7 @@ class Engine:
 
 def run(project: Project) -> None:
     """Run the engine in this process until SIGTERM/SIGINT."""
+    limit_arenas()  # before any thread starts (engine/heap.py: why)
     engine = Engine(project)
     if project.engine.event_loop == "uvloop":
         import uvloop

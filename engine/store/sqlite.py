@@ -57,6 +57,7 @@ from engine.store.sealing import (
 Op = Callable[[sqlite3.Connection], Any]
 _Job = tuple[Op, asyncio.Future[Any]]
 _STOP = object()
+READER_CACHE_KIB = 512  # per reader connection (SQLite's default is 2,000 KiB)
 
 _MESSAGE_COLUMNS = stored_select("messages", "contents")
 _MESSAGES_WITH_CONTENT = "messages JOIN contents ON contents.message_id = messages.id"
@@ -199,6 +200,9 @@ class SqliteStore(Store):
         if conn is None:
             conn = connect(self.path, self.synchronous)
             conn.execute("PRAGMA query_only=ON")
+            # Readers look rows up by key; the kernel's page cache holds the file. A small cache
+            # per reader thread keeps the engine's memory flat however many threads have read.
+            conn.execute(f"PRAGMA cache_size=-{READER_CACHE_KIB}")
             self._local.conn = conn
             with self._readers_lock:
                 self._readers.append(conn)

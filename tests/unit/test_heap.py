@@ -54,3 +54,10 @@ async def test_the_trim_task_stops_when_cancelled() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+def test_the_arena_cap_is_accepted_by_this_platform() -> None:
+    # glibc answers 1 when it takes the setting; 0 would mean the engine's cap silently failed.
+    from engine.heap import limit_arenas
+
+    assert limit_arenas()
