@@ -1,0 +1,118 @@
+"""One partition's consumer: the messages of one work queue, processed in order, acked after commit.
+
+The broker delivers up to `prefetch` message ids at a time. They are taken in batches, in the
+order delivered: loaded from the store (a message no longer `received` was processed already: a
+redelivery, skipped), processed, and acknowledged (`multiple`, up to the batch's last tag) only
+once every processing commit of the batch is done. A crash before the ack: the broker redelivers
+the ids, in order, to the partition's next consumer, and processing them again changes nothing
+(engine/bus/base.py). A store failure closes the channel without acking, for the same effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+
+from engine.bus.base import Processor
+from engine.bus.partitions import QUEUE_ARGUMENTS
+from engine.connectors.amqp.client import AmqpError, Channel, Connection
+from engine.errors import StoreError
+from engine.message import Message
+
+log = structlog.get_logger("passerelle.bus")
+
+Delivery = tuple[int, int]  # delivery tag, message id
+
+
+class PartitionConsumer:
+    def __init__(self, processor: Processor, queue: str, prefetch: int, timeout: float) -> None:
+        self.processor = processor
+        self.queue = queue
+        self.prefetch = prefetch
+        self.timeout = timeout
+        self.processed = 0
+        self._inbox: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self._channel: Channel | None = None
+        self._tag = ""
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._task is not None and not self._task.done() and self._channel is not None \
+            and self._channel.is_open
+
+    async def start(self, connection: Connection) -> None:
+        channel = self._channel = await connection.channel(self.timeout)
+        await channel.call("queue_declare", self.timeout, queue=self.queue, durable=True,
+                           arguments=QUEUE_ARGUMENTS)
+        await channel.call("basic_qos", self.timeout, prefetch_count=self.prefetch)
+        self._tag = channel.pika.basic_consume(self.queue, self._on_message)
+        self._task = asyncio.create_task(self._run(), name=f"bus/{self.queue}")
+
+    async def stop(self, timeout: float) -> None:
+        """Stop taking messages; finish and ack those in hand (up to `timeout`); close the channel:
+        what is left unacked goes back to the queue, in order, for the partition's next consumer."""
+        channel = self._channel
+        if channel is not None and channel.is_open:
+            with contextlib.suppress(AmqpError):
+                await channel.call("basic_cancel", self.timeout, consumer_tag=self._tag)
+        self._inbox.put_nowait(None)
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._task, timeout)
+        if channel is not None:
+            channel.close()
+
+    def _on_message(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
+        try:
+            message_id = int(body)
+        except ValueError:  # not ours: nothing to process, never redeliver it
+            log.error("bus_unknown_message", queue=self.queue, size=len(body))
+            message_id = 0
+        self._inbox.put_nowait((method.delivery_tag, message_id))
+
+    async def _run(self) -> None:
+        while (batch := self._next_batch(await self._inbox.get())) is not None:
+            try:
+                await self._process(batch)
+            except StoreError as err:
+                log.error("bus_processing_store_failed", queue=self.queue, error=str(err),
+                          note="not acknowledged: the broker redelivers the batch")
+                if self._channel is not None:
+                    self._channel.close()
+                return
+            if self._channel is not None and self._channel.is_open:
+                self._channel.pika.basic_ack(delivery_tag=batch[-1][0], multiple=True)
+
+    def _next_batch(self, first: Delivery | None) -> list[Delivery] | None:
+        if first is None:
+            return None
+        batch = [first]
+        while not self._inbox.empty():
+            item = self._inbox.get_nowait()
+            if item is None:
+                self._inbox.put_nowait(None)  # stop after this batch
+                break
+            batch.append(item)
+        return batch
+
+    async def _process(self, batch: list[Delivery]) -> None:
+        messages = await asyncio.gather(*(self._load(message_id) for _, message_id in batch))
+        # In delivery order: each run queues its processing commit before its first await, and
+        # tasks start in creation order, so the store's one writer commits them in that order.
+        runs = [asyncio.ensure_future(self.processor.finish(m)) for m in messages if m is not None]
+        try:
+            for run in runs:
+                await run
+        finally:
+            for run in runs:  # a failed batch: let the others end, their outcome is committed or not
+                if not run.done():
+                    with contextlib.suppress(StoreError):
+                        await run
+        self.processed += len(runs)
+
+    async def _load(self, message_id: int) -> Message | None:
+        return await self.processor.load_received(message_id) if message_id else None
