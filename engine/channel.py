@@ -133,12 +133,12 @@ class Channel:
         if result.duplicate:
             if result.status == "received":  # its first intake may have died before handing it over
                 message.id = result.message_id
-                self.work.resubmit(message)
+                await self.work.resubmit(message)
             return self._replay(intake, result)
         if result.conflict:
             return await self._accept_conflict(intake)
         message.id = result.message_id
-        return self._hand_over(message, verdict, response, result, deliveries)
+        return await self._hand_over(message, verdict, response, result, deliveries)
 
     def _judge(self, intake: Intake, message: Message) -> tuple[Verdict, list[NewDelivery]]:
         if intake.problem is not None:
@@ -205,9 +205,9 @@ class Channel:
         verdict = Verdict("AE", "rejected", (finding,))
         response = intake.respond(verdict) if intake.respond else None
         result = await self.store.intake(self._record(intake, message, verdict, response, [], dedup=False))
-        return self._hand_over(message, verdict, response, result)
+        return await self._hand_over(message, verdict, response, result)
 
-    def _hand_over(
+    async def _hand_over(
         self,
         message: Message,
         verdict: Verdict,
@@ -218,10 +218,11 @@ class Channel:
         done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self.meter.stored(verdict.status)
         if verdict.status == "received":
-            self.work.submit(message)
             if not self.work.tracks_outcome:  # processed by whichever worker: no application ACK
+                await self.work.submit(message)
                 return Receipt(result.message_id, verdict, response)
             self._waiters[result.message_id] = done
+            await self.work.submit(message)
         else:
             done.set_result(verdict)
             self._offer(message, deliveries or [], result.delivery_ids)

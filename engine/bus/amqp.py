@@ -38,6 +38,8 @@ from engine.store.postgres import PostgresStore
 log = structlog.get_logger("passerelle.bus")
 
 MAX_BACKOFF = 10.0
+RECOVERY_SECONDS = 0.5  # degraded: how often the broker is tried again
+DIRECT, DEGRADED, CATCHING_UP = "direct", "degraded", "catching up"
 
 
 def parameters(config: BusConfig) -> pika.ConnectionParameters:
@@ -153,7 +155,17 @@ class AmqpBus:
 
 
 class AmqpWork(ChannelWork):
-    """One channel version on the bus: publishes its `received` messages, runs its sweep."""
+    """One channel version on the bus: publishes its `received` messages' ids, runs its sweep.
+
+    `direct` (normal): a message's id is published and confirmed before the sender's ACK, so a
+    sender's next message (sent after that ACK) is always behind it in its work queue; a worker
+    killed before the confirm gives no ACK, the sender resends, and the worker it reaches finds
+    the message still `received` and publishes it (`resubmit`). `degraded` (a publication
+    failed: the broker is down): messages are acknowledged once stored and left in the store;
+    once the broker answers again, `catching up` publishes them (sweep, in id order, everything
+    this worker may claim) while new ones are held, then the held ones, then back to `direct`:
+    a key's messages enter their work queue in intake order across the outage.
+    """
 
     tracks_outcome = False  # another worker may process the message: no application ACK here
 
@@ -161,21 +173,30 @@ class AmqpWork(ChannelWork):
         self.bus = bus
         self.processor = processor
         self.name = processor.name
-        config = bus.config
-        self.sweep = Sweep(self.name, bus.store, bus.publisher, self.queue_for, processor.from_row,
-                           config.sweep_interval, config.sweep_after)
+        self.sweep = Sweep(self.name, bus.store, bus.publisher, self.queue_for, processor.from_row)
+        self.state = DIRECT
+        self._held: list[tuple[str, int]] = []
+        self._wake = asyncio.Event()
         self._sweeping: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self.bus.register(self)
-        self._sweeping = asyncio.create_task(self.sweep.forever(), name=f"{self.name}/bus-sweep")
+        self._wake.set()  # a sweep at start
+        self._sweeping = asyncio.create_task(self._sweep_forever(), name=f"{self.name}/bus-sweep")
 
-    def submit(self, message: Message) -> None:
+    async def submit(self, message: Message) -> None:
         assert message.id is not None
-        self.bus.publisher.publish(self.queue_for(message), message.id)
+        queue = self.queue_for(message)
+        if self.state == DIRECT:
+            if await self.bus.publisher.publish(queue, message.id):
+                return
+            self._degrade()
+        elif self.state == CATCHING_UP:
+            self._held.append((queue, message.id))
+        # degraded: the message waits in the store for the catch-up
 
-    def resubmit(self, message: Message) -> None:
-        self.submit(message)
+    async def resubmit(self, message: Message) -> None:
+        await self.submit(message)
 
     def done(self, message_id: int) -> None:
         """Nothing to forget: the consumer acks after the commit."""
@@ -190,3 +211,45 @@ class AmqpWork(ChannelWork):
             self._sweeping.cancel()
             await asyncio.gather(self._sweeping, return_exceptions=True)
         await self.bus.unregister(self, timeout)
+
+    def _degrade(self) -> None:
+        if self.state != DEGRADED:
+            log.warning("bus_degraded", channel=self.name,
+                        note="messages are stored and acknowledged; published once the broker answers")
+        self.state = DEGRADED
+        self._wake.set()
+
+    async def _sweep_forever(self) -> None:
+        config = self.bus.config
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), config.sweep_interval)
+            self._wake.clear()
+            try:
+                if self.state == DIRECT:
+                    await self.sweep.once(config.sweep_after)
+                else:
+                    await self._catch_up()
+            except StoreError as err:
+                log.error("bus_sweep_failed", channel=self.name, error=str(err))
+                if self.state == CATCHING_UP:
+                    self._degrade()
+
+    async def _catch_up(self) -> None:
+        await asyncio.sleep(RECOVERY_SECONDS)
+        if not await self.bus.publisher.reachable():
+            self._wake.set()
+            return
+        self.state, self._held = CATCHING_UP, []
+        swept, confirmed = await self.sweep.once(0.0)
+        if not confirmed:
+            self._degrade()
+            return
+        held, self._held = self._held, []
+        self.state = DIRECT
+        # Queued before any new submission can be (no await in between): held ones go first.
+        seen = set(swept)
+        confirms = [self.bus.publisher.publish(q, i) for q, i in held if i not in seen]
+        log.info("bus_caught_up", channel=self.name, published=len(swept) + len(confirms))
+        if not all(await asyncio.gather(*confirms)):
+            self._degrade()

@@ -50,11 +50,12 @@ class ChannelWork(ABC):
         """Begin; also resume what a previous run left `received`."""
 
     @abstractmethod
-    def submit(self, message: Message) -> None:
-        """A message just committed as `received` (its id is set). Never blocks, never raises."""
+    async def submit(self, message: Message) -> None:
+        """A message just committed as `received` (its id is set); the sender's ACK follows the
+        return. Never raises: whatever fails here, the store still holds the message."""
 
     @abstractmethod
-    def resubmit(self, message: Message) -> None:
+    async def resubmit(self, message: Message) -> None:
         """A sender resent a message that is still `received` (its first intake worker may have
         died before handing it over, and the sender is now on another worker)."""
 

@@ -18,7 +18,7 @@ import structlog
 
 from engine.bus.base import Processor
 from engine.bus.partitions import QUEUE_ARGUMENTS
-from engine.connectors.amqp.client import AmqpError, Channel, Connection
+from engine.connectors.amqp.client import Channel, Connection
 from engine.errors import StoreError
 from engine.message import Message
 
@@ -53,18 +53,18 @@ class PartitionConsumer:
         self._task = asyncio.create_task(self._run(), name=f"bus/{self.queue}")
 
     async def stop(self, timeout: float) -> None:
-        """Stop taking messages; finish and ack those in hand (up to `timeout`); close the channel:
-        what is left unacked goes back to the queue, in order, for the partition's next consumer."""
-        channel = self._channel
-        if channel is not None and channel.is_open:
-            with contextlib.suppress(AmqpError):
-                await channel.call("basic_cancel", self.timeout, consumer_tag=self._tag)
+        """Finish and ack the batch in hand (up to `timeout`), then close the channel: the ids
+        delivered but not taken go back to the queue, in order, for the partition's next consumer.
+        No basic.cancel first: the broker would make the next consumer active at once, and it
+        could commit a later message of a key before this batch's commits (order lost)."""
         self._inbox.put_nowait(None)
         if self._task is not None:
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(self._task, timeout)
-        if channel is not None:
-            channel.close()
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        if self._channel is not None:
+            self._channel.close()
+        if self._task is not None:
+            self._task.cancel()
 
     def _on_message(self, _channel: Any, method: Any, _properties: Any, body: bytes) -> None:
         try:
@@ -88,16 +88,15 @@ class PartitionConsumer:
                 self._channel.pika.basic_ack(delivery_tag=batch[-1][0], multiple=True)
 
     def _next_batch(self, first: Delivery | None) -> list[Delivery] | None:
-        if first is None:
-            return None
-        batch = [first]
-        while not self._inbox.empty():
-            item = self._inbox.get_nowait()
-            if item is None:
-                self._inbox.put_nowait(None)  # stop after this batch
-                break
+        batch: list[Delivery] = []
+        item = first
+        while item is not None:
             batch.append(item)
-        return batch
+            if self._inbox.empty():
+                return batch
+            item = self._inbox.get_nowait()
+        self._inbox.put_nowait(None)  # stopping: what follows in the inbox goes back to the queue
+        return batch or None
 
     async def _process(self, batch: list[Delivery]) -> None:
         messages = await asyncio.gather(*(self._load(message_id) for _, message_id in batch))

@@ -39,11 +39,11 @@ class EmbeddedWork(ChannelWork):
         if self.store.shared:
             self._rescans = asyncio.create_task(rescan_every(self.store.rescan_interval, self.feed))
 
-    def submit(self, message: Message) -> None:
+    async def submit(self, message: Message) -> None:
         assert message.id is not None
         self.feed.push(message.id, message)
 
-    def resubmit(self, message: Message) -> None:
+    async def resubmit(self, message: Message) -> None:
         """Nothing: the claim scans take a dead worker's `received` messages over."""
 
     def done(self, message_id: int) -> None:

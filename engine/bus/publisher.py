@@ -1,11 +1,12 @@
 """The work bus's publisher: one connection per process, confirmed, in submission order.
 
 Contract (at-least-once, with the store as the source of truth): `publish` is called after the
-message's intake commit and never blocks nor raises. A publication the broker confirms is
-recorded in the store (`dispatched`, in batches); a publication that fails, times out, is dropped
-because the broker is down or the outbox is full, or whose confirm is lost in a crash, leaves the
-message `received` and not dispatched, and the sweep (sweep.py) publishes it again. A message may
-thus reach its work queue twice: processing is idempotent (engine/bus/base.py).
+message's intake commit, never raises, and returns a future: True once the broker confirmed,
+False when the publication failed, timed out, or was dropped (broker unreachable, outbox full).
+A confirmed publication is recorded in the store (`dispatched`, in batches); any other outcome,
+or a crash before the confirm, leaves the message `received` and not dispatched, and the sweep
+(sweep.py) publishes it again. A message may thus reach its work queue twice: processing is
+idempotent (engine/bus/base.py).
 
 Order: one task takes the outbox in order and calls basic.publish in that order on one AMQP
 channel (the broker keeps a channel's order); confirms are awaited concurrently.
@@ -33,7 +34,7 @@ FLUSH_SECONDS = 0.1  # confirmed ids are marked dispatched in batches
 RETRY_SECONDS = (0.5, 10.0)  # after a failed connection: publications dropped for this long (doubling)
 PROPERTIES = pika.BasicProperties(delivery_mode=2, content_type="text/plain")
 
-Item = tuple[str, int]  # work queue, message id
+Item = tuple[str, int, "asyncio.Future[bool]"]  # work queue, message id, confirmed?
 
 
 class BusPublisher:
@@ -52,6 +53,7 @@ class BusPublisher:
         self._publisher: Publisher | None = None
         self._declared: set[str] = set()
         self._down_until = 0.0
+        self._opening = asyncio.Lock()
         self._backoff = RETRY_SECONDS[0]
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -59,15 +61,25 @@ class BusPublisher:
         self._tasks = [asyncio.create_task(self._run(), name="bus-publisher"),
                        asyncio.create_task(self._flush_forever(), name="bus-dispatched")]
 
-    def publish(self, queue: str, message_id: int) -> None:
+    def publish(self, queue: str, message_id: int) -> asyncio.Future[bool]:
+        """Queue a publication (in order with every other); its future says if it was confirmed."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         try:
-            self._outbox.put_nowait((queue, message_id))
+            self._outbox.put_nowait((queue, message_id, future))
         except asyncio.QueueFull:
             self.dropped += 1
+            future.set_result(False)
+        return future
 
-    async def publish_when_room(self, queue: str, message_id: int) -> None:
-        """`publish`, waiting while the outbox is full (the sweep: it must not flood the outbox)."""
-        await self._outbox.put((queue, message_id))
+    async def publish_when_room(self, queue: str, message_id: int) -> asyncio.Future[bool]:
+        """`publish`, waiting while the outbox is full (the sweep must not flood it)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await self._outbox.put((queue, message_id, future))
+        return future
+
+    async def reachable(self) -> bool:
+        """Whether a publishing channel is open now (opening one if needed)."""
+        return await self._ready("") is not None
 
     async def stop(self, timeout: float) -> None:
         """Publish what is queued (up to `timeout`), record the confirms, disconnect."""
@@ -77,6 +89,10 @@ class BusPublisher:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(run), timeout)
         run.cancel()
+        while not self._outbox.empty():
+            item = self._outbox.get_nowait()
+            if item is not None:
+                settle(item[2], False)
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=timeout)
         flush.cancel()
@@ -91,6 +107,7 @@ class BusPublisher:
             publisher = await self._ready(item[0])
             if publisher is None:
                 self.dropped += 1
+                settle(item[2], False)
                 continue
             await self._room.acquire()
             # basic.publish runs before the task's first await: tasks start in creation order.
@@ -98,15 +115,18 @@ class BusPublisher:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-    async def _confirm(self, publisher: Publisher, queue: str, message_id: int) -> None:
+    async def _confirm(self, publisher: Publisher, queue: str, message_id: int,
+                       future: asyncio.Future[bool]) -> None:
         try:
             await publisher.publish("", queue, str(message_id).encode(), PROPERTIES, self.timeout)
         except AmqpError as err:
             self.dropped += 1
             self._failed(err)
+            settle(future, False)
         else:
             self.published += 1
             self._confirmed.append(message_id)
+            settle(future, True)
         finally:
             self._room.release()
 
@@ -114,11 +134,15 @@ class BusPublisher:
         """The open publisher with `queue` declared, or None while the broker is unreachable."""
         if time.monotonic() < self._down_until:
             return None
+        async with self._opening:
+            return await self._open_and_declare(queue)
+
+    async def _open_and_declare(self, queue: str) -> Publisher | None:
         try:
             if self._publisher is None or not self._publisher.channel.is_open:
                 await self._drop()
                 self._publisher = await self._open()
-            if queue not in self._declared:
+            if queue and queue not in self._declared:
                 await self._publisher.channel.call("queue_declare", self.timeout, queue=queue, durable=True,
                                                    arguments=QUEUE_ARGUMENTS)
                 self._declared.add(queue)
@@ -165,3 +189,8 @@ class BusPublisher:
             await self.store.mark_dispatched(ids)
         except StoreError as err:  # the sweep publishes them again: duplicates, which are harmless
             log.error("bus_dispatched_mark_failed", count=len(ids), error=str(err))
+
+
+def settle(future: asyncio.Future[bool], value: bool) -> None:
+    if not future.done():
+        future.set_result(value)

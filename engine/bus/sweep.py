@@ -17,7 +17,6 @@ from collections.abc import Callable
 import structlog
 
 from engine.bus.publisher import BusPublisher
-from engine.errors import StoreError
 from engine.message import Message
 from engine.store.base import StoredMessage
 from engine.store.postgres import PostgresStore
@@ -35,38 +34,30 @@ class Sweep:
         publisher: BusPublisher,
         queue_for: Callable[[Message], str],
         from_row: Callable[[StoredMessage], Message],
-        interval: float,
-        age: float,
     ) -> None:
         self.channel = channel
         self.store = store
         self.publisher = publisher
         self.queue_for = queue_for
         self.from_row = from_row
-        self.interval = interval
-        self.age = age
         self.republished = 0
 
-    async def forever(self) -> None:
-        while True:
-            try:
-                count = await self.once()
-            except StoreError as err:
-                log.error("bus_sweep_failed", channel=self.channel, error=str(err))
-            else:
-                if count:
-                    log.warning("bus_republished", channel=self.channel, count=count)
-            await asyncio.sleep(self.interval)
-
-    async def once(self) -> int:
-        """Hand every unconfirmed `received` message old enough to the publisher; how many."""
-        before, after, count = time.time() - self.age, 0, 0
+    async def once(self, age: float) -> tuple[list[int], bool]:
+        """Publish again every unconfirmed `received` message this worker may claim that is older
+        than `age` seconds, in id order; their ids, and whether the broker confirmed them all."""
+        before, after = time.time() - age, 0
+        ids: list[int] = []
+        confirms: list[asyncio.Future[bool]] = []
         while True:
             rows = await self.store.claim_undispatched(self.channel, before, after, PAGE)
             for row in rows:
-                await self.publisher.publish_when_room(self.queue_for(self.from_row(row)), row.id)
-            count += len(rows)
-            self.republished += len(rows)
+                queue = self.queue_for(self.from_row(row))
+                confirms.append(await self.publisher.publish_when_room(queue, row.id))
+                ids.append(row.id)
             if len(rows) < PAGE:
-                return count
+                break
             after = rows[-1].id
+        self.republished += len(ids)
+        if ids:
+            log.warning("bus_republished", channel=self.channel, count=len(ids))
+        return ids, all(await asyncio.gather(*confirms))
