@@ -295,9 +295,9 @@ class Channel:
         rows = await self.store.claim_unprocessed(self.name, after_id, limit)
         return [(row.id, self.from_row(row)) for row in rows]
 
-    async def load_received(self, message_id: int) -> Message | None:
-        row = await self.store.message(message_id)
-        return self.from_row(row) if row is not None and row.status == "received" else None
+    async def load_received(self, message_ids: list[int]) -> dict[int, Message]:
+        rows = await self.store.messages(message_ids)
+        return {row.id: self.from_row(row) for row in rows if row.status == "received"}
 
     def from_row(self, row: StoredMessage) -> Message:
         return message_from_row(row, self.charset)

@@ -29,8 +29,8 @@ class Processor(Protocol):
     async def reload_unprocessed(self, after_id: int, limit: int) -> list[tuple[int, Message]]:
         """Claim `received` messages this process may run (embedded work's reload)."""
 
-    async def load_received(self, message_id: int) -> Message | None:
-        """The message if it is still `received` (None: processed already, or gone)."""
+    async def load_received(self, message_ids: list[int]) -> dict[int, Message]:
+        """Those of these messages still `received` (the others were processed already)."""
 
     def from_row(self, row: StoredMessage) -> Message:
         """A stored message as the steps see it."""

@@ -20,7 +20,6 @@ from engine.bus.base import Processor
 from engine.bus.partitions import QUEUE_ARGUMENTS
 from engine.connectors.amqp.client import Channel, Connection
 from engine.errors import StoreError
-from engine.message import Message
 
 log = structlog.get_logger("passerelle.bus")
 
@@ -99,10 +98,12 @@ class PartitionConsumer:
         return batch or None
 
     async def _process(self, batch: list[Delivery]) -> None:
-        messages = await asyncio.gather(*(self._load(message_id) for _, message_id in batch))
+        loaded = await self.processor.load_received([message_id for _, message_id in batch if message_id])
         # In delivery order: each run queues its processing commit before its first await, and
         # tasks start in creation order, so the store's one writer commits them in that order.
-        runs = [asyncio.ensure_future(self.processor.finish(m)) for m in messages if m is not None]
+        # An id seen twice in a batch (published twice) runs once.
+        runs = [asyncio.ensure_future(self.processor.finish(m))
+                for m in (loaded.pop(message_id, None) for _, message_id in batch) if m is not None]
         try:
             for run in runs:
                 await run
@@ -112,6 +113,3 @@ class PartitionConsumer:
                     with contextlib.suppress(StoreError):
                         await run
         self.processed += len(runs)
-
-    async def _load(self, message_id: int) -> Message | None:
-        return await self.processor.load_received(message_id) if message_id else None

@@ -498,6 +498,12 @@ class PostgresStore(Store):
         rows = await self._claim(CLAIM_UNDISPATCHED, f"claim\x1f{channel}", params)
         return [StoredMessage(*row) for row in rows]
 
+    async def messages(self, message_ids: list[int]) -> list[StoredMessage]:
+        rows = await self._execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM {_WITH_CONTENT} WHERE m.id = ANY(%s)", (message_ids,)
+        )
+        return [StoredMessage(*row) for row in rows]
+
     async def message(self, message_id: int) -> StoredMessage | None:
         rows = await self._execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM {_WITH_CONTENT} WHERE m.id=%s", (message_id,)
