@@ -78,14 +78,15 @@ class Engine:
         return [slot.current for slot in self.slots.values()]
 
     async def start(self) -> None:
-        await self.store.open()
-        self.services.setdefault("store", self.store)
-        if self.project.engine.bus.type == "amqp":
+        if self.project.engine.bus.type == "amqp":  # before the store opens: it names the worker
             from engine.bus.amqp import AmqpBus
             from engine.store.postgres import PostgresStore
 
             assert isinstance(self.store, PostgresStore)  # config: the bus needs the PostgreSQL store
             self.bus = AmqpBus(self.project.engine.bus, self.store)
+        await self.store.open()
+        self.services.setdefault("store", self.store)
+        if self.bus is not None:
             await self.bus.start()
         # Notifiable-disease reporting jobs (weekly aggregates, overdue-report gauge): started only
         # when config/reporting.yaml exists (engine/reporting/scheduler.py).

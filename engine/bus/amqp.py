@@ -26,7 +26,7 @@ import structlog
 
 from engine.bus.base import ChannelWork, Processor
 from engine.bus.consumer import PartitionConsumer
-from engine.bus.partitions import partition_of, queue_name, share
+from engine.bus.partitions import MEMBER_PREFIX, partition_of, queue_name, share
 from engine.bus.publisher import BusPublisher
 from engine.bus.sweep import Sweep
 from engine.config import BusConfig
@@ -54,6 +54,9 @@ class AmqpBus:
     def __init__(self, config: BusConfig, store: PostgresStore) -> None:
         self.config = config
         self.store = store
+        # Partitions are shared among bus members only: a `passerelle stats` (which also opens the
+        # store, and so registers as a worker) must not take a share it would never consume.
+        store.worker_id = MEMBER_PREFIX + store.worker_id
         self.params = parameters(config)
         self.where = f"{self.params.host}:{self.params.port}"
         self.publisher = BusPublisher(self.params, store, config.operation_timeout)
@@ -130,7 +133,7 @@ class AmqpBus:
     async def _rebalance(self, connection: Connection) -> None:
         """Consume this process's share of every channel's partitions, and nothing else."""
         try:
-            workers = await self.store.live_workers()
+            workers = await self.store.live_workers(MEMBER_PREFIX)
         except StoreError as err:
             log.error("bus_membership_unknown", error=str(err))  # keep the current share
             return

@@ -20,6 +20,7 @@ import zlib
 from typing import Any
 
 QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum", "x-single-active-consumer": True}
+MEMBER_PREFIX = "bus-"  # the store worker ids of the processes that consume the bus
 
 
 def partition_of(key: str, message_id: int, count: int) -> int:

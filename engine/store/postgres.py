@@ -478,10 +478,14 @@ class PostgresStore(Store):
 
     # -- the work bus (engine/bus/) ---------------------------------------------------------------
 
-    async def live_workers(self) -> list[str]:
-        """The worker ids whose lease runs, in id order (the bus spreads partitions over them)."""
-        sql = "SELECT id FROM workers WHERE lease_until > passerelle_now() ORDER BY id"
-        rows = await self._execute(sql, ())
+    async def live_workers(self, prefix: str = "") -> list[str]:
+        """The ids starting with `prefix` of the workers whose lease runs, in id order (the bus
+        spreads partitions over them)."""
+        sql = (
+            "SELECT id FROM workers WHERE lease_until > passerelle_now() AND starts_with(id, %s)"
+            " ORDER BY id"
+        )
+        rows = await self._execute(sql, (prefix,))
         return [str(row[0]) for row in rows]
 
     async def mark_dispatched(self, message_ids: list[int]) -> None:
