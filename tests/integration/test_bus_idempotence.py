@@ -19,6 +19,7 @@ from tests.support.mllp_peers import MllpClient, MllpReceiver
 from tests.support.postgres import fresh_database, shared_cluster
 from tests.unit.hl7_samples import ORU_R01_25
 
+ENGINE = 'store: {{type: postgresql, dsn: "{dsn}", lease_seconds: 5}}\nlogging: {{level: warning}}\n'
 CHANNEL = """
 respond_after: received
 source: {{type: mllp, port: {port}}}
@@ -33,8 +34,9 @@ def test_a_redelivered_message_is_processed_once(tmp_path: Path) -> None:
     dsn = fresh_database(shared_cluster())
     receiver = MllpReceiver()
     port = free_port()
-    engine_yaml = f'store: {{type: postgresql, dsn: "{dsn}", lease_seconds: 5}}\nlogging: {{level: warning}}\n'
-    config = write_project(tmp_path, {"lab": CHANNEL.format(port=port, downstream=receiver.port)}, engine_yaml)
+    engine_yaml = ENGINE.format(dsn=dsn)
+    channel_yaml = CHANNEL.format(port=port, downstream=receiver.port)
+    config = write_project(tmp_path, {"lab": channel_yaml}, engine_yaml)
     engine = EngineThread(config).start()
     try:
         client = MllpClient(port)
