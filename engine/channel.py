@@ -299,6 +299,9 @@ class Channel:
         rows = await self.store.messages(message_ids)
         return {row.id: self.from_row(row) for row in rows if row.status == "received"}
 
+    async def unprocessed(self, after_id: int, limit: int) -> list[Message]:
+        return [self.from_row(row) for row in await self.store.unprocessed(self.name, after_id, limit)]
+
     def from_row(self, row: StoredMessage) -> Message:
         return message_from_row(row, self.charset)
 

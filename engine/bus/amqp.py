@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pika
@@ -148,7 +149,7 @@ class AmqpBus:
         for queue, work in wanted.items():
             if queue not in self._consumers:
                 consumer = PartitionConsumer(work.processor, queue, self.config.prefetch,
-                                             self.config.operation_timeout)
+                                             self.config.operation_timeout, work.in_queue(queue))
                 await consumer.start(connection)
                 self._consumers[queue] = consumer
 
@@ -203,6 +204,10 @@ class AmqpWork(ChannelWork):
 
     def done(self, message_id: int) -> None:
         """Nothing to forget: the consumer acks after the commit."""
+
+    def in_queue(self, queue: str) -> Callable[[Message], bool]:
+        """Whether a message belongs to work queue `queue` (a consumer's catch-up)."""
+        return lambda message: self.queue_for(message) == queue
 
     def queue_for(self, message: Message) -> str:
         key = self.processor.partition_key(message)

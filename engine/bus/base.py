@@ -32,6 +32,9 @@ class Processor(Protocol):
     async def load_received(self, message_ids: list[int]) -> dict[int, Message]:
         """Those of these messages still `received` (the others were processed already)."""
 
+    async def unprocessed(self, after_id: int, limit: int) -> list[Message]:
+        """Every message still `received` with an id above `after_id`, oldest first (no claim)."""
+
     def from_row(self, row: StoredMessage) -> Message:
         """A stored message as the steps see it."""
 

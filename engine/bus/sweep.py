@@ -59,5 +59,5 @@ class Sweep:
             after = rows[-1].id
         self.republished += len(ids)
         if ids:
-            log.warning("bus_republished", channel=self.channel, count=len(ids))
+            log.warning("bus_republished", channel=self.channel, count=len(ids), first_ids=ids[:10])
         return ids, all(await asyncio.gather(*confirms))

@@ -15,6 +15,7 @@ broker restart test sends a quarter of that.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import time
@@ -106,10 +107,50 @@ def run_with(tmp_path: Path, messages: int, disrupt: Callable[[BusRun], None]) -
     assert code == 0, run.supervisor.logs()
     received = control_ids(run.receiver.messages())
     assert set(received) == expected
-    assert_per_patient_order(run.receiver.messages())
+    try:
+        assert_per_patient_order(run.receiver.messages())
+    except AssertionError:
+        print(order_report(run.dsn, received))
+        print("\n".join(line for line in run.supervisor.logs().splitlines() if '"info"' not in line))
+        raise
     redelivered = sum(n - 1 for n in Counter(received).values())
     print(f"\nbus: {len(expected)} messages, {redelivered} delivered twice downstream")
     return run
+
+
+def order_report(dsn: str, received: list[str]) -> str:
+    """For the first patient out of order: each message's id, delivery id and event times (which
+    layer broke the order: processing, if delivery ids are out of order, else delivery)."""
+    first = list(dict.fromkeys(received))
+    seen: dict[str, int] = {}
+    culprit = ""
+    for control in first:
+        sender, number = control[1:].split("N")
+        if int(number) < seen.get(sender, -1):
+            culprit = sender
+            break
+        seen[sender] = int(number)
+    arrival = [c for c in first if c.startswith(f"S{culprit}N")]
+    lines = [f"patient S{culprit}, arrival order: {arrival[:40]}"]
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT m.control_id, m.id, d.id, d.claimed_by,"
+            " (SELECT min(at) FROM events e WHERE e.message_id = m.id AND e.status = 'queued'"
+            "  AND e.destination IS NULL) - m.received_at,"
+            " (SELECT min(at) FROM events e WHERE e.message_id = m.id AND e.status = 'sent'"
+            "  AND e.destination IS NOT NULL) - m.received_at, m.received_at"
+            " FROM messages m LEFT JOIN deliveries d ON d.message_id = m.id"
+            " WHERE m.control_id LIKE %s ORDER BY m.id",
+            (f"S{culprit}N%",),
+        ).fetchall()
+    by_control = {row[0]: row for row in rows}
+    for before, after in itertools.pairwise(arrival):
+        if int(after.split("N")[1]) < int(before.split("N")[1]):
+            lines += [f"inversion: {before} arrived before {after}"]
+            late = int(after.split("N")[1])
+            lines += [repr(by_control.get(f"S{culprit}N{n}")) for n in range(late - 3, late + 5)]
+            break
+    return "\n".join(lines)
 
 
 def assert_processed_once(dsn: str) -> None:
