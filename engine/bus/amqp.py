@@ -10,8 +10,9 @@ and runs its sweep. The guarantees, end to end:
   after it (publisher.py), and what is not confirmed is published again by the sweep (sweep.py);
 - processed once: the broker redelivers what was not acked after its processing commit, and
   processing a message that is no longer `received` changes nothing (base.py);
-- per-key order: one key, one partition, one active consumer, in-order processing and acks
-  (consumer.py), the deliveries then keep the order through the store's key ownership.
+- per-key order: one key, one partition, one active consumer, in-order processing and acks,
+  and a catch-up from the store when a consumer becomes active (consumer.py); the deliveries
+  then keep the order through the store's key ownership.
 """
 
 from __future__ import annotations
