@@ -149,6 +149,7 @@ def order_report(dsn: str, received: list[str]) -> str:
             lines += [f"inversion: {before} arrived before {after}"]
             late = int(after.split("N")[1])
             lines += [repr(by_control.get(f"S{culprit}N{n}")) for n in range(late - 3, late + 5)]
+            lines += [f"overtaking: {by_control.get(before)!r}"]
             break
     return "\n".join(lines)
 
