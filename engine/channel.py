@@ -6,8 +6,9 @@ committed together. With `received` the message is committed first (status `rece
 a pipeline runs the steps afterwards; a restart re-runs the steps of every message still
 `received` (steps are pure, so running them again is safe).
 
-With a store shared by several processes the pipeline reloads by claim scans, repeated every
-`store.rescan_interval` (a dead worker's `received` messages), and only deliveries this worker
+Where the steps of a `received` message run is the channel's `work` (engine/bus/): in this
+process (embedded, the default) or in whichever worker process consumes it from the RabbitMQ
+work bus (`bus: amqp`). With a store shared by several processes only deliveries this worker
 owns are handed to its queues (store/base.py: `NOT_OWNED`).
 """
 
@@ -20,11 +21,12 @@ import json
 import structlog
 
 from engine import metrics
+from engine.bus.base import ChannelWork, WorkFactory
+from engine.bus.embedded import EmbeddedWork
 from engine.config import ChannelSpec, RouteCondition
 from engine.contracts import Intake, Receipt, Source, Step, Verdict
-from engine.dispatch import DestinationQueue, LoadMessage, rescan_every
-from engine.errors import Filtered, Finding, ParseError, Rejected, StoreError
-from engine.feed import Feed
+from engine.dispatch import DestinationQueue, LoadMessage
+from engine.errors import Filtered, Finding, ParseError, Rejected
 from engine.message import HL7V2, Message, SourceMeta
 from engine.store.base import (
     NOT_OWNED,
@@ -41,9 +43,6 @@ from engine.store.base import (
 log = structlog.get_logger("passerelle.channel")
 
 RECEIVED = Verdict("AA", "received")
-PIPELINE_WORKERS = 64  # concurrent step runs awaiting their commit: they share group commits
-PIPELINE_MEMORY = 10_000
-STORE_RETRY_SECONDS = 1.0
 
 
 class Channel:
@@ -54,6 +53,7 @@ class Channel:
         steps: list[Step],
         queues: list[DestinationQueue],
         store: Store,
+        work: WorkFactory | None = None,
     ) -> None:
         self.spec = spec
         self.name = spec.name
@@ -61,10 +61,8 @@ class Channel:
         self.steps = steps
         self.queues = queues
         self.store = store
-        self.pipeline: Feed[Message] = Feed(PIPELINE_MEMORY, self._reload_unprocessed)
+        self.work: ChannelWork = work(self) if work else EmbeddedWork(self, store)
         self._waiters: dict[int, asyncio.Future[Verdict]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
-        self._rescans: asyncio.Task[None] | None = None
         self._conditions = {d.name: d.when for d in spec.destinations}
         self._step_conditions = [s.when for s in spec.steps]
         self._accepting = 0
@@ -81,12 +79,10 @@ class Channel:
             await self.source.start(self.accept)
 
     def start_work(self) -> None:
-        """Start the destination queues (idempotent: a reused queue keeps running) and the pipeline."""
+        """Start the destination queues (idempotent: a reused queue keeps running) and the work."""
         for queue in self.queues:
             queue.start()
-        self._tasks = [asyncio.create_task(self._pipeline_worker()) for _ in range(PIPELINE_WORKERS)]
-        if self.store.shared:
-            self._rescans = asyncio.create_task(rescan_every(self.store.rescan_interval, self.pipeline))
+        self.work.start()
 
     async def stop_intake(self) -> None:
         await self.source.stop()
@@ -97,13 +93,7 @@ class Channel:
 
     async def stop_pipeline(self, timeout: float) -> None:
         """Finish the step runs in flight; messages not yet taken stay `received` in the store."""
-        self.pipeline.close()
-        if self._rescans is not None:
-            self._rescans.cancel()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
+        await self.work.stop(timeout)
 
     async def drained(self) -> None:
         """Wait until no intake is in flight on this channel version (hot reload)."""
@@ -141,11 +131,14 @@ class Channel:
         response = intake.respond(verdict) if intake.respond else None
         result = await self.store.intake(self._record(intake, message, verdict, response, deliveries))
         if result.duplicate:
+            if result.status == "received":  # its first intake may have died before handing it over
+                message.id = result.message_id
+                await self.work.resubmit(message)
             return self._replay(intake, result)
         if result.conflict:
             return await self._accept_conflict(intake)
         message.id = result.message_id
-        return self._hand_over(message, verdict, response, result, deliveries)
+        return await self._hand_over(message, verdict, response, result, deliveries)
 
     def _judge(self, intake: Intake, message: Message) -> tuple[Verdict, list[NewDelivery]]:
         if intake.problem is not None:
@@ -212,9 +205,9 @@ class Channel:
         verdict = Verdict("AE", "rejected", (finding,))
         response = intake.respond(verdict) if intake.respond else None
         result = await self.store.intake(self._record(intake, message, verdict, response, [], dedup=False))
-        return self._hand_over(message, verdict, response, result)
+        return await self._hand_over(message, verdict, response, result)
 
-    def _hand_over(
+    async def _hand_over(
         self,
         message: Message,
         verdict: Verdict,
@@ -225,8 +218,11 @@ class Channel:
         done: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self.meter.stored(verdict.status)
         if verdict.status == "received":
+            if not self.work.tracks_outcome:  # processed by whichever worker: no application ACK
+                await self.work.submit(message)
+                return Receipt(result.message_id, verdict, response)
             self._waiters[result.message_id] = done
-            self.pipeline.push(result.message_id, message)
+            await self.work.submit(message)
         else:
             done.set_result(verdict)
             self._offer(message, deliveries or [], result.delivery_ids)
@@ -269,17 +265,10 @@ class Channel:
         status = "queued" if deliveries else "sent"  # no destination wanted it: processing was the job
         return Verdict("AA", status, tuple(message.findings)), deliveries
 
-    async def _pipeline_worker(self) -> None:
-        while (message := await self.pipeline.get()) is not None:
-            try:
-                await self._run_pipeline(message)
-            except StoreError as err:
-                # The message stays `received` in the store; try again later, never drop it.
-                log.error("pipeline_store_failed", channel=self.name, message=message.id, error=str(err))
-                await asyncio.sleep(STORE_RETRY_SECONDS)
-                self.pipeline.push_urgent(message)
+    # -- the work's view of the channel (engine/bus/base.py: Processor) -------------------------
 
-    async def _run_pipeline(self, message: Message) -> None:
+    async def finish(self, message: Message) -> None:
+        """Run a `received` message's steps and commit the outcome; raises StoreError."""
         verdict, deliveries = self.process(message)
         assert message.id is not None
         transformed = message.content() if message.transformed() else None
@@ -294,16 +283,32 @@ class Channel:
             vars=encode_vars(message.vars),
         )
         ids = await self.store.processed(record)
-        self.meter.processed(verdict.status)
-        self.pipeline.done(message.id)
-        self._offer(message, deliveries, ids)
+        self.work.done(message.id)
+        if ids or not deliveries:  # else another worker processed it first (redelivery): that stands
+            self.meter.processed(verdict.status)
+            self._offer(message, deliveries, ids)
         waiter = self._waiters.pop(message.id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(verdict)
 
-    async def _reload_unprocessed(self, after_id: int, limit: int) -> list[tuple[int, Message]]:
+    async def reload_unprocessed(self, after_id: int, limit: int) -> list[tuple[int, Message]]:
         rows = await self.store.claim_unprocessed(self.name, after_id, limit)
-        return [(row.id, message_from_row(row, self.charset)) for row in rows]
+        return [(row.id, self.from_row(row)) for row in rows]
+
+    async def load_received(self, message_ids: list[int]) -> dict[int, Message]:
+        rows = await self.store.messages(message_ids)
+        return {row.id: self.from_row(row) for row in rows if row.status == "received"}
+
+    async def unprocessed(self, after_id: int, limit: int) -> list[Message]:
+        return [self.from_row(row) for row in await self.store.unprocessed(self.name, after_id, limit)]
+
+    def from_row(self, row: StoredMessage) -> Message:
+        return message_from_row(row, self.charset)
+
+    def partition_key(self, message: Message) -> str:
+        """The first destination order key (e.g. the patient id): what the bus keeps in order."""
+        path = next((q.config.order_by for q in self.queues if q.config.order_by), "")
+        return order_key(message, path)
 
     @property
     def charset(self) -> str:

@@ -117,6 +117,36 @@ class AlertRule(Strict):
     """Seconds over which `error_rate` is computed."""
 
 
+class BusConfig(Strict):
+    """Between intake and processing (engine/bus/). `none`: each process runs the steps of the
+    messages it received (embedded, zero configuration). `amqp`: the ids of `received` messages go
+    through RabbitMQ quorum queues, `partitions` per channel, and every worker process consumes
+    them (per-key order kept: docs/design-notes.md, "The work bus"). Needs the PostgreSQL store."""
+
+    type: Literal["none", "amqp"] = "none"
+    """`none` (embedded) or `amqp` (RabbitMQ work queues shared by every worker process)."""
+    url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    """Broker URL (`amqps://` for TLS); keep the password in a file: `${file:config/secrets/bus-url}`."""
+    partitions: int = Field(default=12, ge=1, le=1024)
+    """Work queues per channel. A message goes to the partition of its order key (the first
+    destination `order_by`), so one key is processed by one worker at a time, in order. More
+    partitions than worker processes spreads the work; 12 divides evenly over 1, 2, 3, 4 and 6."""
+    prefetch: int = Field(default=256, ge=1, le=65535)
+    """Unacknowledged messages per partition consumer (in-flight bound)."""
+    sweep_interval: float = Field(default=5.0, gt=0)
+    """Seconds between looks for `received` messages whose publication was not confirmed."""
+    sweep_after: float = Field(default=10.0, ge=0)
+    """Age (seconds) after which an unconfirmed `received` message is published again by the sweep."""
+    operation_timeout: float = Field(default=30.0, gt=0)
+    """Seconds a connection, declaration or publisher confirm may take."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        """`bus: amqp` is `bus: {type: amqp}` (local broker, default credentials)."""
+        return {"type": value} if isinstance(value, str) else value
+
+
 class LoggingConfig(Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
     """Lowest level written. Logs never contain patient data at any level."""
@@ -141,6 +171,15 @@ class EngineConfig(Strict):
     """Seconds between checks of the channel files for changes (hot reload); 0 turns it off."""
     event_loop: Literal["asyncio", "uvloop"] = "uvloop"
     """uvloop is about twice as fast on the MLLP hot path (bench/BENCHMARKS.md)."""
+    bus: BusConfig = BusConfig()
+    """Intake and processing separated by RabbitMQ work queues (`amqp`), or not (`none`)."""
+
+    @model_validator(mode="after")
+    def _bus_needs_shared_store(self) -> EngineConfig:
+        if self.bus.type == "amqp" and self.store.type != "postgresql":
+            raise ValueError("bus: amqp needs the PostgreSQL store (store: {type: postgresql, dsn: ...}): "
+                             "the workers consuming the bus read the messages from the shared store")
+        return self
 
 
 class QueueConfig(Strict):

@@ -1,11 +1,12 @@
 """The engine process: builds every channel, resumes unfinished work, runs until told to stop.
 
-Start order: store, then per channel its destination queues and pipeline (which reload
-everything a previous run left open), then its source. Stop order on SIGTERM/SIGINT: every
-source stops accepting (peers get no new ACKs), in-flight intake finishes, queues finish
-their current attempts up to `shutdown_timeout`, the store closes. Anything unfinished stays
-open in the store and resumes at the next start; `kill -9` at any moment loses nothing that
-was acknowledged, because an ACK is only sent after the commit.
+Start order: store, the work bus when configured (`bus: amqp`, engine/bus/), then per channel
+its destination queues and work (which reload everything a previous run left open), then its
+source. Stop order on SIGTERM/SIGINT: every source stops accepting (peers get no new ACKs),
+in-flight intake finishes, queues finish their current attempts up to `shutdown_timeout`, the
+bus publishes what it holds, the store closes. Anything unfinished stays open in the store and
+resumes at the next start; `kill -9` at any moment loses nothing that was acknowledged, because
+an ACK is only sent after the commit.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import structlog
 
 from engine import registry
+from engine.bus.base import WorkFactory
 from engine.channel import Channel, message_loader
 from engine.config import ChannelSpec, Project
 from engine.contracts import BuildContext, Destination, Source, Step
@@ -40,6 +42,7 @@ def build_channel(
     context: BuildContext,
     source: Source | None = None,
     kept: dict[str, DestinationQueue] | None = None,
+    work: WorkFactory | None = None,
 ) -> Channel:
     """A channel version. On hot reload, `source` and `kept` queues are the running ones reused."""
     source = source or build("source", spec.source.type, spec.source.config, context)
@@ -56,7 +59,7 @@ def build_channel(
                 spec.name, dest.name, destination, dest.queue, store, message_loader(store, charset)
             )
         )
-    return Channel(spec, source, steps, queues, store)
+    return Channel(spec, source, steps, queues, store, work)
 
 
 class Engine:
@@ -69,6 +72,7 @@ class Engine:
         self._watcher: asyncio.Task[None] | None = None
         self._reloading = asyncio.Lock()
         self.dashboard: Any = None  # engine.dashboard.server.DashboardServer when dashboard.enabled
+        self.bus: Any = None  # engine.bus.amqp.AmqpBus with `bus: amqp`
 
     @property
     def channels(self) -> list[Channel]:
@@ -76,8 +80,16 @@ class Engine:
         return [slot.current for slot in self.slots.values()]
 
     async def start(self) -> None:
+        if self.project.engine.bus.type == "amqp":  # before the store opens: it names the worker
+            from engine.bus.amqp import AmqpBus
+            from engine.store.postgres import PostgresStore
+
+            assert isinstance(self.store, PostgresStore)  # config: the bus needs the PostgreSQL store
+            self.bus = AmqpBus(self.project.engine.bus, self.store)
         await self.store.open()
         self.services.setdefault("store", self.store)
+        if self.bus is not None:
+            await self.bus.start()
         # Notifiable-disease reporting jobs (weekly aggregates, overdue-report gauge): started only
         # when config/reporting.yaml exists (engine/reporting/scheduler.py).
         from engine.reporting.scheduler import start_reporting_jobs
@@ -109,7 +121,7 @@ class Engine:
         self, spec: ChannelSpec, source: Source | None = None, kept: dict[str, DestinationQueue] | None = None
     ) -> Channel:
         context = BuildContext(self.project.root, spec.name, self.services)
-        return build_channel(spec, self.store, context, source, kept)
+        return build_channel(spec, self.store, context, source, kept, self.bus.work if self.bus else None)
 
     async def stop(self) -> None:
         timeout = self.project.engine.shutdown_timeout
@@ -121,6 +133,8 @@ class Engine:
         async with self._reloading:
             await asyncio.gather(*(c.stop_intake() for c in self.channels))
             await asyncio.gather(*(c.stop(timeout) for c in self.channels))
+        if self.bus is not None:
+            await self.bus.stop(timeout)
         jobs = getattr(self, "reporting_jobs", None)  # see start()
         if jobs is not None:
             jobs.stop()

@@ -228,6 +228,11 @@ class Store(ABC):
     @abstractmethod
     async def message(self, message_id: int) -> StoredMessage | None: ...
 
+    async def messages(self, message_ids: list[int]) -> list[StoredMessage]:
+        """The messages of these ids that exist, in any order (one query where the backend can)."""
+        rows = [await self.message(i) for i in message_ids]
+        return [row for row in rows if row is not None]
+
     @abstractmethod
     async def events(self, message_id: int) -> list[dict[str, Any]]: ...
 

@@ -113,6 +113,11 @@ SELECT {_MESSAGE_COLUMNS}
 FROM candidates k JOIN {_WITH_CONTENT} ON m.id = k.id AND m.received_at = k.received_at
 ORDER BY m.id
 """
+# The work bus's sweep (engine/bus/sweep.py): `received` messages whose publication was never
+# confirmed, old enough that their intake worker gave up or died; claimed like CLAIM_MESSAGES.
+CLAIM_UNDISPATCHED = CLAIM_MESSAGES.replace(
+    "AND m.id > %(after)s", "AND m.id > %(after)s AND NOT m.dispatched AND m.received_at < %(before)s"
+)
 
 
 @dataclass(frozen=True)
@@ -532,6 +537,38 @@ class PostgresStore(Store):
         params = {"channel": channel, "after": after_id, "limit": limit}
         rows = await self._claim(CLAIM_MESSAGES, f"claim\x1f{channel}", params)
         return [self._clear(row) for row in rows]
+
+    # -- the work bus (engine/bus/) ---------------------------------------------------------------
+
+    async def live_workers(self, prefix: str = "") -> list[str]:
+        """The ids starting with `prefix` of the workers whose lease runs, in id order (the bus
+        spreads partitions over them)."""
+        sql = (
+            "SELECT id FROM workers WHERE lease_until > passerelle_now() AND starts_with(id, %s)"
+            " ORDER BY id"
+        )
+        rows = await self._execute(sql, (prefix,))
+        return [str(row[0]) for row in rows]
+
+    async def mark_dispatched(self, message_ids: list[int]) -> None:
+        """The broker confirmed these messages' ids: the sweep leaves them alone."""
+        sql = "UPDATE messages SET dispatched = true WHERE id = ANY(%s) AND status = 'received'"
+        await self._write(Write(sql, (message_ids,)))
+
+    async def claim_undispatched(
+        self, channel: str, before: float, after_id: int, limit: int
+    ) -> list[StoredMessage]:
+        """`received` messages received before `before` whose publication was never confirmed,
+        claimed by this worker (its own, unowned, or a dead worker's), in id order."""
+        params = {"channel": channel, "before": before, "after": after_id, "limit": limit}
+        rows = await self._claim(CLAIM_UNDISPATCHED, f"claim\x1f{channel}", params)
+        return [StoredMessage(*row) for row in rows]
+
+    async def messages(self, message_ids: list[int]) -> list[StoredMessage]:
+        rows = await self._execute(
+            f"SELECT {_MESSAGE_COLUMNS} FROM {_WITH_CONTENT} WHERE m.id = ANY(%s)", (message_ids,)
+        )
+        return [StoredMessage(*row) for row in rows]
 
     async def message(self, message_id: int) -> StoredMessage | None:
         rows = await self._execute(
