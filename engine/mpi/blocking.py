@@ -11,7 +11,8 @@ Schemes (a true match has to share at least one key to be found):
   name_mmdd    phonetic family or birth name + birth month and day (catches year typos)
   names        phonetic given name + phonetic family or birth name
   post_family  postcode + phonetic family name; post_given: postcode + phonetic given name
-  street_house street name + house number; family_house: family name + house number
+  street_house street name + house number (either address line); family_house: family name +
+               house number; street_post: street name (either line) + postcode
   given_prefix first given name + first three letters of the family name
 The query also looks its names up the wrong way round (given as family name and vice versa).
   matricule    the national identifier
@@ -77,9 +78,20 @@ def k_post_given(c: dict[str, object]) -> Keys:
         yield _h("pg", c["postcode"], c["p_given"])
 
 
+def _streets(c: dict[str, object]) -> list[object]:
+    return [s for s in (c["street"], c["street2"]) if s]
+
+
 def k_street_house(c: dict[str, object]) -> Keys:
-    if c["street"] and c["house"]:
-        yield _h("sh", c["street"], c["house"])
+    if c["house"]:  # either address line: the two lines are often entered the other way round
+        for street in _streets(c):
+            yield _h("sh", street, c["house"])
+
+
+def k_street_post(c: dict[str, object]) -> Keys:
+    if c["postcode"]:  # a household's street without the house number (wrong or missing number)
+        for street in _streets(c):
+            yield _h("sp", street, c["postcode"])
 
 
 def k_given_prefix(c: dict[str, object]) -> Keys:
@@ -106,6 +118,7 @@ SCHEMES: dict[str, Callable[[dict[str, object]], Keys]] = {
     "post_family": k_post_family,
     "post_given": k_post_given,
     "street_house": k_street_house,
+    "street_post": k_street_post,
     "given_prefix": k_given_prefix,
     "family_house": k_family_house,
     "matricule": k_matricule,
@@ -118,6 +131,7 @@ KEY_FIELDS = (
     "postcode",
     "matricule",
     "street",
+    "street2",
     "house",
     "family",
     "given1",

@@ -139,7 +139,7 @@ def _equal_levels(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic], empty:
 
 def street_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
     qs, q2, rs, r2 = q["street"][qi], q["street2"][qi], r["street"][ri], r["street2"][ri]
-    sim, missing = _best_name([(qs, rs), (qs, r2), (q2, rs)])
+    sim, missing = _best_name([(qs, rs), (qs, r2), (q2, rs), (q2, r2)])  # lines may be swapped
     out = _grade(sim, sim >= 1.0, (0.92, 0.80))
     out[missing] = -1
     return out
