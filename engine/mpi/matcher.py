@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from engine.mpi.blocking import query_keys, record_dicts
+from engine.mpi.blocking import query_keys
 from engine.mpi.columns import Columns
 from engine.mpi.compare import FIELD_INDEX, cheap_levels, levels
 from engine.mpi.guards import guard_reasons
@@ -76,8 +76,11 @@ class Matcher:
         """All (query row, register row) candidate pairs from blocking."""
         qi: list[npt.NDArray[np.intp]] = []
         ri: list[npt.NDArray[np.intp]] = []
-        for i, record in enumerate(record_dicts(q)):
-            rows = self.index.candidates(query_keys(record))
+        keys, of = query_keys(q)
+        order = np.argsort(of, kind="stable")
+        keys, bounds = keys[order], np.searchsorted(of[order], np.arange(len(q) + 1))
+        for i in range(len(q)):
+            rows = self.index.candidates(keys[bounds[i] : bounds[i + 1]])
             qi.append(np.full(len(rows), i, dtype=np.intp))
             ri.append(rows)
         if not ri:
