@@ -278,3 +278,29 @@ def test_address_lines_entered_the_other_way_round_are_found_by_blocking() -> No
     )
     _, ri = Matcher(index, None, None).pairs(query_columns([query]))  # type: ignore[arg-type]
     assert index.ids[ri].tolist() == [11]
+
+
+def test_blocking_keys_do_not_depend_on_the_other_records_of_a_batch() -> None:
+    """Keys are computed over fixed-width arrays: a record alone or beside much longer values
+    (wider arrays) must give the same keys, or a query would miss its own register row."""
+    from engine.mpi.blocking import record_keys
+
+    person = Traits(
+        family="Weber",
+        given="Jean Paul",
+        birth_date="19750615",
+        house_number="12",
+        street="Rue de l'Eglise",
+        postcode="4321",
+        matricule="1980010112302",
+    )
+    long = Traits(
+        family="Da Silva Santos Ferreira Oliveira",
+        given="Maria Conceicao Aparecida",
+        street="Boulevard Grande-Duchesse Charlotte",
+        postcode="L-1234",
+        house_number="1234",
+    )
+    alone, _ = record_keys(query_columns([person]))
+    beside, rows = record_keys(query_columns([long, person]))
+    assert sorted(alone.tolist()) == sorted(beside[rows == 1].tolist())
