@@ -5,7 +5,8 @@
 The register is generated (bench/lux_identities.py), written as the register CSV, and loaded
 with the real loader into a fresh SQLite file (normalization, storage, index build). Then:
 single resolves (decide only, the in-memory path, no storage write) for p50/p99, a batch link
-with storage writes (`resolve_many`, as `passerelle mpi link` does), and the peak RSS. Wall and
+with storage writes (`resolve_many`, as `passerelle mpi link` does), and the peak RSS (the
+generator runs in a child process, so the peak is the MPI's). Wall and
 CPU times are both reported: on a shared machine the wall time includes waiting for a core.
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import pickle
 import resource
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lux_identities import generate
 from engine.mpi.batch import decide_traits
+from engine.mpi.model import Traits
 from engine.mpi.register_load import load_register
 from engine.mpi.service import Incoming, Mpi
 
@@ -42,7 +46,8 @@ COLUMNS = [
 ]
 
 
-def write_register(path: Path, n: int, incoming: int) -> list[Incoming]:
+def write_register(path: Path, n: int, incoming: int) -> list[Traits]:
+    """Write a generated register of `n` as the register CSV; return `incoming` query traits."""
     register, queries, _, _ = generate(n, incoming, n // 1000)
     with path.open("w", newline="", encoding="utf-8") as handle:
         w = csv.writer(handle)
@@ -63,6 +68,26 @@ def write_register(path: Path, n: int, incoming: int) -> list[Incoming]:
                     t.city,
                 ]
             )
+    return list(queries)
+
+
+def generate_apart(folder: Path, n: int, incoming: int) -> list[Incoming]:
+    """Generate in a child process, so that the peak RSS measured here is the MPI's alone (the
+    generator holds millions of Python objects)."""
+    subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--generate-into",
+            str(folder),
+            "--register",
+            str(n),
+            "--batch",
+            str(incoming),
+        ],
+        check=True,
+    )
+    queries: list[Traits] = pickle.loads((folder / "queries.pickle").read_bytes())
     return [Incoming("BENCH", f"L{k}", t) for k, t in enumerate(queries)]
 
 
@@ -71,11 +96,16 @@ def main() -> None:
     parser.add_argument("--register", type=int, default=2_500_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--singles", type=int, default=2_000)
+    parser.add_argument("--generate-into", type=Path, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
+    if args.generate_into:
+        generated = write_register(args.generate_into / "register.csv", args.register, args.batch)
+        (args.generate_into / "queries.pickle").write_bytes(pickle.dumps(generated))
+        return
     with tempfile.TemporaryDirectory() as folder:
         csv_file = Path(folder) / "register.csv"
         t0 = time.perf_counter()
-        queries = write_register(csv_file, args.register, args.batch + args.singles)
+        queries = generate_apart(Path(folder), args.register, args.batch + args.singles)
         print(f"generated {args.register} identities in {time.perf_counter() - t0:.0f} s", flush=True)
         mpi = Mpi(Path(folder) / "passerelle.db")
         t0, c0 = time.perf_counter(), time.process_time()
