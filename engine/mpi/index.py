@@ -46,7 +46,9 @@ class RegisterIndex:
         if not cols:
             index._build(np.zeros(0, dtype=np.int64), Columns.from_norms([]))
             return index
-        merged = Columns({k: np.concatenate([p.arrays[k] for p in cols]) for k in cols[0].arrays})
+        merged = Columns({})
+        for name in list(cols[0].arrays):  # column by column, chunk copies released as we go
+            merged.arrays[name] = np.concatenate([p.arrays.pop(name) for p in cols])
         del cols
         index._build(np.concatenate(ids), merged)
         return index

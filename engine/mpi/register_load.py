@@ -102,7 +102,7 @@ def load_register(mpi: Mpi, path: Path, user: str, reason: str = "register load"
         mpi.storage.bump_register_version(c)
         audit(c, user, "load-register", path.name, reason, report.__dict__)
     if fresh and not report.updated:  # the register is exactly what was just loaded: no re-read
-        mpi.replace_index(RegisterIndex.from_columns(parts), mpi.storage.register_version())
+        mpi.replace_index(RegisterIndex.from_columns(_drain(parts)), mpi.storage.register_version())
     else:
         parts.clear()
         _rebuild_index(mpi)
@@ -115,6 +115,15 @@ def load_register(mpi: Mpi, path: Path, user: str, reason: str = "register load"
         seconds=round(time.perf_counter() - started, 1),
     )
     return report
+
+
+def _drain(
+    parts: list[tuple[npt.NDArray[np.int64], Columns]],
+) -> Iterator[tuple[npt.NDArray[np.int64], Columns]]:
+    """The parts, each released here once consumed (the index build then holds the only copy)."""
+    parts.reverse()
+    while parts:
+        yield parts.pop()
 
 
 def _known_ids(mpi: Mpi, chunk: list[dict[str, str]]) -> dict[str, int]:
