@@ -73,7 +73,11 @@ def write_register(path: Path, n: int, incoming: int) -> list[Traits]:
 
 def generate_apart(folder: Path, n: int, incoming: int) -> list[Incoming]:
     """Generate in a child process, so that the peak RSS measured here is the MPI's alone (the
-    generator holds millions of Python objects)."""
+    generator holds millions of Python objects). A folder that already holds them is reused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if (folder / "queries.pickle").exists():
+        queries: list[Traits] = pickle.loads((folder / "queries.pickle").read_bytes())
+        return [Incoming("BENCH", f"L{k}", t) for k, t in enumerate(queries)]
     subprocess.run(
         [
             sys.executable,
@@ -87,8 +91,8 @@ def generate_apart(folder: Path, n: int, incoming: int) -> list[Incoming]:
         ],
         check=True,
     )
-    queries: list[Traits] = pickle.loads((folder / "queries.pickle").read_bytes())
-    return [Incoming("BENCH", f"L{k}", t) for k, t in enumerate(queries)]
+    generated: list[Traits] = pickle.loads((folder / "queries.pickle").read_bytes())
+    return [Incoming("BENCH", f"L{k}", t) for k, t in enumerate(generated)]
 
 
 def main() -> None:
@@ -96,6 +100,11 @@ def main() -> None:
     parser.add_argument("--register", type=int, default=2_500_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--singles", type=int, default=2_000)
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        help="folder that keeps the generated register and queries between runs (generated if empty)",
+    )
     parser.add_argument("--generate-into", type=Path, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.generate_into:
@@ -103,11 +112,12 @@ def main() -> None:
         (args.generate_into / "queries.pickle").write_bytes(pickle.dumps(generated))
         return
     with tempfile.TemporaryDirectory() as folder:
-        csv_file = Path(folder) / "register.csv"
+        data = args.reuse or Path(folder)
+        csv_file = data / "register.csv"
         t0 = time.perf_counter()
-        queries = generate_apart(Path(folder), args.register, args.batch + args.singles)
+        queries = generate_apart(data, args.register, args.batch + args.singles)
         print(f"generated {args.register} identities in {time.perf_counter() - t0:.0f} s", flush=True)
-        mpi = Mpi(Path(folder) / "passerelle.db")
+        mpi = Mpi(Path(folder) / "passerelle.db")  # always a fresh database
         t0, c0 = time.perf_counter(), time.process_time()
         load_register(mpi, csv_file, "bench", "scale benchmark")
         load_s, load_cpu = time.perf_counter() - t0, time.process_time() - c0
