@@ -3,9 +3,10 @@
 Each scheme maps every record of a `Columns` to zero or more int64 keys, vectorised (numpy):
 strings are hashed with a deterministic 64-bit BLAKE2b, and a key mixes the scheme's tag with
 its parts (multiply-xor). The index keeps the keys of every register row sorted, so a lookup
-is a binary search and a slice: 12 bytes per key, no Python object per row (2.5 million
-identities fit in a few hundred MB). Rows added after the build (ADT, daily delta) go to a small
-overflow dict until the next rebuild. Keys are the same in every process (no salted `hash()`).
+is a binary search and a slice: 8 bytes per key (38 bits of key, 26 bits of row, packed), no
+Python object per row (2.5 million identities fit in a few hundred MB). Rows added after the
+build (ADT, daily delta) go to a small overflow dict until the next rebuild. Keys are the same
+in every process (no salted `hash()`).
 
 Schemes (a true match has to share at least one key to be found):
   dob          exact birth date (the query also looks up its day/month swap)
@@ -193,50 +194,61 @@ def query_keys(q: Columns) -> KeyRows:
 
 
 BUILD_CHUNK = 250_000
+ROW_BITS = 26  # a packed entry is (top 38 bits of the key) << 26 | row: up to 67 million rows
+MAX_ROWS = 1 << ROW_BITS
+_ROW_MASK = np.uint64(MAX_ROWS - 1)
+_SHIFT = np.uint64(ROW_BITS)
+
+
+def _short(keys: npt.NDArray[np.int64]) -> U64:
+    """The top 38 bits of each key. Two different keys that share them merely add a few
+    candidates to a lookup (about one lookup in ten thousand at 2.5 million identities)."""
+    result: U64 = keys.view(np.uint64) >> _SHIFT
+    return result
 
 
 class BlockIndex:
-    """Sorted (key, row) arrays over all schemes, plus an overflow for rows added since."""
+    """One sorted array of packed (key, row) entries over all schemes, plus an overflow for rows
+    added since. Packing halves the build's peak memory (an in-place sort of one array instead
+    of an argsort and two gathers) and needs 8 bytes per key instead of 12."""
 
     def __init__(self, cols: Columns) -> None:
-        key_parts: list[npt.NDArray[np.int64]] = []
-        row_parts: list[npt.NDArray[np.int32]] = []
+        if len(cols) > MAX_ROWS:
+            raise ValueError(f"the blocking index holds at most {MAX_ROWS} rows, not {len(cols)}")
+        parts: list[U64] = []
         for start in range(0, len(cols), BUILD_CHUNK):  # chunked: bounded hashing temporaries
             keys, rows = record_keys(cols.take(np.arange(start, min(len(cols), start + BUILD_CHUNK))))
-            key_parts.append(keys)
-            row_parts.append((rows + start).astype(np.int32))
-        key_array = np.concatenate(key_parts) if key_parts else np.zeros(0, dtype=np.int64)
-        del key_parts
-        order = np.argsort(key_array, kind="stable")
-        self.keys = key_array[order]
-        del key_array
-        self.rows = (np.concatenate(row_parts) if row_parts else np.zeros(0, dtype=np.int32))[order]
+            parts.append((_short(keys) << _SHIFT) | (rows + start).astype(np.uint64))
+        self.packed: U64 = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
+        del parts
+        self.packed.sort()
         self.overflow: dict[int, list[int]] = {}
         self.size = len(cols)
 
     def add(self, cols: Columns, start: int) -> None:
         """Index rows `start..` of `cols` (appended since the build)."""
         keys, rows = record_keys(cols.take(np.arange(start, len(cols))))
-        for k, row in zip(keys.tolist(), rows.tolist(), strict=True):
+        for k, row in zip(_short(keys).tolist(), rows.tolist(), strict=True):
             self.overflow.setdefault(k, []).append(start + row)
         self.size = len(cols)
 
     def lookup(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
         """Distinct rows sharing at least one key (blocks over MAX_BLOCK rows skipped)."""
-        parts: list[npt.NDArray[np.int32]] = []
-        lo = np.searchsorted(self.keys, keys, side="left")
-        hi = np.searchsorted(self.keys, keys, side="right")
+        parts: list[U64] = []
+        short = _short(keys)
+        lo = np.searchsorted(self.packed, short << _SHIFT, side="left")
+        hi = np.searchsorted(self.packed, (short << _SHIFT) | _ROW_MASK, side="right")
         for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
             if a < b <= a + MAX_BLOCK:
-                parts.append(self.rows[a:b])
+                parts.append(self.packed[a:b] & _ROW_MASK)
         if self.overflow:
-            for k in keys.tolist():
+            for k in short.tolist():
                 extra = self.overflow.get(k)
                 if extra:
-                    parts.append(np.array(extra, dtype=np.int32))
+                    parts.append(np.array(extra, dtype=np.uint64))
         if not parts:
             return np.zeros(0, dtype=np.intp)
         return np.unique(np.concatenate(parts)).astype(np.intp)
 
     def nbytes(self) -> int:
-        return int(self.keys.nbytes + self.rows.nbytes)
+        return int(self.packed.nbytes)
