@@ -240,15 +240,12 @@ class BlockIndex:
         hi = np.searchsorted(self.packed, (short << _SHIFT) | _ROW_MASK, side="right")
         for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
             if a < b <= a + MAX_BLOCK:
-                parts.append(self.packed[a:b] & _ROW_MASK)
+                parts.append(self.packed[a:b])
+        rows = np.concatenate(parts) & _ROW_MASK if parts else np.zeros(0, dtype=np.uint64)
         if self.overflow:
-            for k in short.tolist():
-                extra = self.overflow.get(k)
-                if extra:
-                    parts.append(np.array(extra, dtype=np.uint64))
-        if not parts:
-            return np.zeros(0, dtype=np.intp)
-        return np.unique(np.concatenate(parts)).astype(np.intp)
+            extra = [r for k in short.tolist() for r in self.overflow.get(k, ())]
+            rows = np.concatenate([rows, np.array(extra, dtype=np.uint64)])
+        return np.unique(rows).astype(np.intp)
 
     def nbytes(self) -> int:
         return int(self.packed.nbytes)
