@@ -10,7 +10,7 @@ import numpy as np
 from engine.mpi.columns import Columns
 from engine.mpi.compare import levels
 from engine.mpi.index import RegisterIndex
-from engine.mpi.matcher import Decision, Matcher
+from engine.mpi.matcher import Decision, Matcher, Thresholds
 from engine.mpi.model import Traits, problems
 from engine.mpi.normalize import normalize
 from engine.mpi.scoring import Scorer, Weights, estimate
@@ -40,7 +40,7 @@ def estimate_weights(
     """
     start = start or Weights()
     q = query_columns(traits)
-    qi, ri = Matcher(index, None, None).pairs(q)  # type: ignore[arg-type]
+    qi, ri = Matcher(index, Scorer(start), Thresholds()).shortlist(q)
     lv = levels(q, index.cols, qi, ri)
     scores = Scorer(start).score(lv, index.family_freq[ri])
     order = np.lexsort((-scores, qi))

@@ -139,7 +139,7 @@ def _equal_levels(a: npt.NDArray[np.generic], b: npt.NDArray[np.generic], empty:
 
 def street_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
     qs, q2, rs, r2 = q["street"][qi], q["street2"][qi], r["street"][ri], r["street2"][ri]
-    sim, missing = _best_name([(qs, rs), (qs, r2), (q2, rs)])
+    sim, missing = _best_name([(qs, rs), (qs, r2), (q2, rs), (q2, r2)])  # lines may be swapped
     out = _grade(sim, sim >= 1.0, (0.92, 0.80))
     out[missing] = -1
     return out
@@ -196,3 +196,35 @@ def _name_swap(q: Columns, r: Columns, qi: Ints, ri: Ints, out: Levels) -> None:
     swapped = k[(a >= 0.92) & (b >= 0.92)]
     out[swapped, 0] = 1
     out[swapped, 1] = 2
+
+
+def cheap_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
+    """A first, cheap comparison matrix for shortlisting: no Jaro-Winkler.
+
+    Names, street and city are graded only where equality decides (exact, same first given name,
+    same phonetic code); anything else is -1 ("not known yet", weight 0) rather than
+    disagreement, so a candidate with a misspelt name is not pushed down before the full
+    comparison. Birth date, sex, identifiers, house number and postcode are graded fully.
+    """
+    out = np.full((len(qi), len(FIELDS)), -1, dtype=np.int8)
+    if not len(qi):
+        return out
+    fam = out[:, FIELD_INDEX["family"]]
+    qp, qpb, rp, rpb = q["p_family"][qi], q["p_birth"][qi], r["p_family"][ri], r["p_birth"][ri]
+    fam[((qp == rp) | (qp == rpb)) & (qp != b"") | (qpb == rp) & (qpb != b"")] = 3
+    fam[(q["family"][qi] == r["family"][ri]) & (q["family"][qi] != b"")] = 0
+    giv = out[:, FIELD_INDEX["given"]]
+    giv[(q["p_given"][qi] == r["p_given"][ri]) & (q["p_given"][qi] != b"")] = 3
+    giv[(q["given1"][qi] == r["given1"][ri]) & (q["given1"][qi] != b"")] = 1
+    giv[(q["given"][qi] == r["given"][ri]) & (q["given"][qi] != b"")] = 0
+    out[:, FIELD_INDEX["birth_date"]] = date_levels(q, r, qi, ri)
+    out[:, FIELD_INDEX["sex"]] = _equal_levels(q["sex"][qi], r["sex"][ri], 0)
+    out[:, FIELD_INDEX["matricule"]] = _equal_levels(q["matricule"][qi], r["matricule"][ri], b"")
+    out[:, FIELD_INDEX["house_number"]] = _equal_levels(q["house"][qi], r["house"][ri], b"")
+    street = out[:, FIELD_INDEX["street"]]
+    qs, rs = q["street"][qi], r["street"][ri]
+    street[(qs == rs) & (qs != b"")] = 0
+    city = out[:, FIELD_INDEX["city"]]
+    city[(q["city"][qi] == r["city"][ri]) & (q["city"][qi] != b"")] = 0
+    out[:, FIELD_INDEX["postcode"]] = postcode_levels(q, r, qi, ri)
+    return out

@@ -14,15 +14,25 @@ STREET, POSTCODE, CITY, HOUSE = (FIELD_INDEX[n] for n in ("street", "postcode", 
 MIN_CORROBORATION = 3
 
 
+def _ok(lv: list[int], i: int, worst: int) -> bool:
+    return 0 <= lv[i] <= worst
+
+
+def _address(lv: list[int]) -> bool:
+    return _ok(lv, STREET, 1) or _ok(lv, POSTCODE, 0) or (_ok(lv, CITY, 0) and _ok(lv, HOUSE, 0))
+
+
 def corroboration(lv: list[int]) -> int:
     """How many independent traits agree strongly: family name, given names, birth date (exact or
     day/month swap), matricule, address (street, or postcode, or city with house number)."""
+    return sum((_ok(lv, FAMILY, 2), _ok(lv, GIVEN, 2), _ok(lv, DOB, 1), _ok(lv, MATRICULE, 0), _address(lv)))
 
-    def ok(i: int, worst: int) -> bool:
-        return 0 <= lv[i] <= worst
 
-    address = ok(STREET, 1) or ok(POSTCODE, 0) or (ok(CITY, 0) and ok(HOUSE, 0))
-    return sum((ok(FAMILY, 2), ok(GIVEN, 2), ok(DOB, 1), ok(MATRICULE, 0), address))
+def names_only(lv: list[int]) -> bool:
+    """Only the names agree strongly: no exact (or day/month-swapped) birth date, no matricule, no
+    address. Namesakes are common, and a birth date one digit off is as likely another person
+    (a sibling, a namesake absent from the register) as a typo: a human must look."""
+    return not (_ok(lv, DOB, 1) or _ok(lv, MATRICULE, 0) or _address(lv))
 
 
 def guard_reasons(
@@ -48,6 +58,8 @@ def guard_reasons(
         reasons.append("declared multiple birth and the given names differ")
     if margin is not None and margin < min_margin:
         reasons.append(f"second-best candidate too close (margin {margin:.1f} < {min_margin:.1f} bits)")
+    if names_only(levels):
+        reasons.append("only the names agree strongly (no exact birth date, identifier or address)")
     if not clear_lead and corroboration(levels) < MIN_CORROBORATION:
         reasons.append(f"fewer than {MIN_CORROBORATION} traits agree strongly")
     if given_must_agree and levels[GIVEN] == 4:

@@ -29,17 +29,27 @@ class RegisterIndex:
     @classmethod
     def from_chunks(cls, chunks: Iterable[tuple[Sequence[int], Sequence[Norm]]]) -> RegisterIndex:
         """Built chunk by chunk (e.g. from a database cursor): never all Norm objects at once."""
+        return cls.from_columns(
+            (np.array(chunk_ids, dtype=np.int64), Columns.from_norms(norms)) for chunk_ids, norms in chunks
+        )
+
+    @classmethod
+    def from_columns(cls, parts: Iterable[tuple[npt.NDArray[np.int64], Columns]]) -> RegisterIndex:
+        """Built from (identity ids, their columns) parts, e.g. kept by a register load."""
         ids: list[npt.NDArray[np.int64]] = []
-        parts: list[Columns] = []
-        for chunk_ids, norms in chunks:
-            ids.append(np.array(chunk_ids, dtype=np.int64))
-            parts.append(Columns.from_norms(norms))
+        cols: list[Columns] = []
+        for part_ids, part_cols in parts:
+            ids.append(part_ids)
+            cols.append(part_cols)
         index = cls.__new__(cls)
         index.lock = threading.Lock()
-        if not parts:
+        if not cols:
             index._build(np.zeros(0, dtype=np.int64), Columns.from_norms([]))
             return index
-        merged = Columns({k: np.concatenate([p.arrays[k] for p in parts]) for k in parts[0].arrays})
+        merged = Columns({})
+        for name in list(cols[0].arrays):  # column by column, chunk copies released as we go
+            merged.arrays[name] = np.concatenate([p.arrays.pop(name) for p in cols])
+        del cols
         index._build(np.concatenate(ids), merged)
         return index
 
@@ -89,7 +99,7 @@ class RegisterIndex:
         keep = np.flatnonzero(self.active)
         self._build(self.ids[keep], self.cols.take(keep))
 
-    def candidates(self, keys: list[int]) -> npt.NDArray[np.intp]:
+    def candidates(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
         rows = self.blocks.lookup(keys)
         return rows[self.active[rows]] if len(rows) else rows
 

@@ -1,8 +1,10 @@
 """Matching: deterministic fast path, then blocking + Fellegi-Sunter scoring + guards.
 
-`Matcher.decide(queries)` decides a whole batch at once: candidate pairs from the blocking
-index, one vectorised comparison and scoring pass over all pairs, then per query the best and
-second-best candidates, guard rules and thresholds:
+`Matcher.decide(queries)` decides a batch, `QUERY_CHUNK` queries at a time (bounded memory):
+candidate pairs from the blocking index, a cheap comparison without Jaro-Winkler over all of
+them, a shortlist of each query's `SHORTLIST` best, one vectorised full comparison and scoring
+pass over the shortlist, then per query the best and second-best candidates, guard rules and
+thresholds:
   linked   score >= link threshold, no guard fired (or an equal valid matricule with a
            consistent birth date and sex: deterministic, whatever the score)
   review   score >= review threshold but not linkable, or the query is malformed/incomplete
@@ -18,14 +20,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from engine.mpi.blocking import query_keys, record_dicts
+from engine.mpi.blocking import query_keys
 from engine.mpi.columns import Columns
-from engine.mpi.compare import FIELD_INDEX, levels
+from engine.mpi.compare import FIELD_INDEX, cheap_levels, levels
 from engine.mpi.guards import guard_reasons
 from engine.mpi.index import RegisterIndex
 from engine.mpi.scoring import Scorer
 
 TOP = 5  # candidates kept with a decision (shown in review)
+SHORTLIST = 24  # candidates per query given the full (Jaro-Winkler) comparison
+QUERY_CHUNK = 512  # queries compared at once: bounds the memory of the pair arrays
 DOB, SEX, MATRICULE = FIELD_INDEX["birth_date"], FIELD_INDEX["sex"], FIELD_INDEX["matricule"]
 
 
@@ -72,20 +76,53 @@ class Matcher:
         """All (query row, register row) candidate pairs from blocking."""
         qi: list[npt.NDArray[np.intp]] = []
         ri: list[npt.NDArray[np.intp]] = []
-        for i, record in enumerate(record_dicts(q)):
-            rows = self.index.candidates(query_keys(record))
+        keys, of = query_keys(q)
+        order = np.argsort(of, kind="stable")
+        keys, bounds = keys[order], np.searchsorted(of[order], np.arange(len(q) + 1))
+        for i in range(len(q)):
+            rows = self.index.candidates(keys[bounds[i] : bounds[i + 1]])
             qi.append(np.full(len(rows), i, dtype=np.intp))
             ri.append(rows)
         if not ri:
             return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
         return np.concatenate(qi), np.concatenate(ri)
 
+    def shortlist(self, q: Columns) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """Blocked pairs cut to each query's `SHORTLIST` best by the cheap comparison.
+
+        Pairs beyond the shortlist are not compared further: those ranked this low agree on
+        nothing that equality can see (birth date, address, exact or phonetic names) and
+        could not outscore the ones kept.
+        """
+        qi, ri = self.pairs(q)
+        if len(qi) <= SHORTLIST:
+            return qi, ri
+        counts = np.bincount(qi, minlength=len(q))
+        if counts.max() <= SHORTLIST:
+            return qi, ri
+        index = self.index
+        pre = self.scorer.score(cheap_levels(q, index.cols, qi, ri), index.family_freq[ri])
+        return _top_per_query(qi, ri, pre, SHORTLIST)
+
     def decide(
         self, q: Columns, problems: Sequence[list[str]] = (), excluded: Sequence[set[int]] = ()
     ) -> list[Decision]:
         """One decision per query row; `excluded[i]`: identity ids known to be other people."""
+        decisions: list[Decision] = []
+        for start in range(0, len(q), QUERY_CHUNK):
+            rows = np.arange(start, min(len(q), start + QUERY_CHUNK))
+            decisions += self._decide_chunk(
+                q.take(rows) if len(q) > QUERY_CHUNK else q,
+                problems[start : start + QUERY_CHUNK],
+                excluded[start : start + QUERY_CHUNK],
+            )
+        return decisions
+
+    def _decide_chunk(
+        self, q: Columns, problems: Sequence[list[str]], excluded: Sequence[set[int]]
+    ) -> list[Decision]:
         index = self.index
-        qi, ri = self.pairs(q)
+        qi, ri = self.shortlist(q)
         lv = levels(q, index.cols, qi, ri)
         scores = self.scorer.score(lv, index.family_freq[ri])
         order = np.lexsort((-scores, qi))
@@ -135,6 +172,16 @@ class Matcher:
         if not decision.reasons and (sure is not None or best.score >= t.link):
             decision.outcome, decision.identity_id = "linked", best.identity_id
         return decision
+
+
+def _top_per_query(
+    qi: npt.NDArray[np.intp], ri: npt.NDArray[np.intp], score: npt.NDArray[np.float64], keep: int
+) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """The `keep` best-scoring pairs of each query (pairs grouped by query, best first)."""
+    order = np.lexsort((-score, qi))
+    rank = np.arange(len(order)) - np.searchsorted(qi[order], qi[order], side="left")
+    kept = order[rank < keep]
+    return qi[kept], ri[kept]
 
 
 def _deterministic(found: list[Candidate]) -> Candidate | None:

@@ -39,7 +39,7 @@ class Traits:
     multiple_birth: bool = False
 
     def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {name: getattr(self, name) for name in TRAIT_NAMES}  # asdict() deep-copies: slow
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Traits:

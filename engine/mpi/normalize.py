@@ -7,6 +7,7 @@ letter or digit into a single space. Name comparisons use the letters only (so "
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ SEX_CODES = {"M": 1, "F": 2, "O": 3, "A": 3, "X": 3}  # others (U, N, '') are un
 MAX_CHARS = 40  # longer values are cut: matching needs no more, and arrays stay compact
 
 
+@functools.lru_cache(maxsize=1 << 17)  # names, streets and cities repeat across a register
 def fold(text: str) -> str:
     """Accents removed, upper case, runs of non-alphanumerics as one space, trimmed."""
     if text.isascii():

@@ -10,6 +10,7 @@ CONCEIÇÃO/CONCEICAO, GONÇALVES/GONCALVES. Input is already folded (`normalize
 
 from __future__ import annotations
 
+import functools
 import re
 
 PARTICLES = frozenset(
@@ -75,6 +76,7 @@ def significant(folded: str) -> str:
     return "".join(words) if words else folded.replace(" ", "")
 
 
+@functools.lru_cache(maxsize=1 << 17)  # names repeat: a register load codes each distinct name once
 def phonetic(folded: str) -> str:
     """Phonetic key of a folded name ('' for ''): first sound + consonant skeleton."""
     text = significant(folded)

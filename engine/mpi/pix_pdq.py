@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from engine.formats.hl7v2 import Header, Hl7Message, escape, hl7_timestamp, new_control_id
 from engine.mpi.batch import query_columns
-from engine.mpi.blocking import query_keys, record_dicts
+from engine.mpi.blocking import query_keys
 from engine.mpi.compare import FIELD_INDEX, levels
 from engine.mpi.model import Traits
 from engine.mpi.service import Mpi
@@ -244,9 +244,8 @@ def _pdq_rows(mpi: Mpi, q: object, criteria: dict[str, str]) -> npt.NDArray[np.i
 
     assert isinstance(q, Columns)
     index = mpi.index
-    record = next(record_dicts(q))
-    if record["dob"] or record["matricule"]:
-        return index.candidates(query_keys(record))
+    if q["dob"][0] or q["matricule"][0]:
+        return index.candidates(query_keys(q)[0])
     family = q["family"][0] or q["birth"][0]
     if not family:
         return np.zeros(0, dtype=np.intp)

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import numpy.typing as npt
 import structlog
 
+from engine.mpi.columns import Columns
 from engine.mpi.index import RegisterIndex
 from engine.mpi.model import Traits, date_problem
 from engine.mpi.normalize import Norm, normalize
@@ -91,12 +94,18 @@ def load_register(mpi: Mpi, path: Path, user: str, reason: str = "register load"
     started = time.perf_counter()
     report = LoadReport()
     next_id = int((mpi.storage.one("SELECT coalesce(max(id), 0) FROM mpi_identity") or (0,))[0]) + 1
+    fresh = next_id == 1
+    parts: list[tuple[npt.NDArray[np.int64], Columns]] = []
     for chunk in _chunks(read_rows(path), CHUNK):
-        next_id = _load_chunk(mpi, chunk, _known_ids(mpi, chunk), next_id, report)
+        next_id = _load_chunk(mpi, chunk, _known_ids(mpi, chunk), next_id, report, parts)
     with mpi.storage.write() as c:
         mpi.storage.bump_register_version(c)
         audit(c, user, "load-register", path.name, reason, report.__dict__)
-    _rebuild_index(mpi)
+    if fresh and not report.updated:  # the register is exactly what was just loaded: no re-read
+        mpi.replace_index(RegisterIndex.from_columns(_drain(parts)), mpi.storage.register_version())
+    else:
+        parts.clear()
+        _rebuild_index(mpi)
     log.info(
         "mpi_register_loaded",
         rows=report.read,
@@ -106,6 +115,15 @@ def load_register(mpi: Mpi, path: Path, user: str, reason: str = "register load"
         seconds=round(time.perf_counter() - started, 1),
     )
     return report
+
+
+def _drain(
+    parts: list[tuple[npt.NDArray[np.int64], Columns]],
+) -> Iterator[tuple[npt.NDArray[np.int64], Columns]]:
+    """The parts, each released here once consumed (the index build then holds the only copy)."""
+    parts.reverse()
+    while parts:
+        yield parts.pop()
 
 
 def _known_ids(mpi: Mpi, chunk: list[dict[str, str]]) -> dict[str, int]:
@@ -119,9 +137,16 @@ def _known_ids(mpi: Mpi, chunk: list[dict[str, str]]) -> dict[str, int]:
 
 
 def _load_chunk(
-    mpi: Mpi, chunk: list[dict[str, str]], known: dict[str, int], next_id: int, report: LoadReport
+    mpi: Mpi,
+    chunk: list[dict[str, str]],
+    known: dict[str, int],
+    next_id: int,
+    report: LoadReport,
+    parts: list[tuple[npt.NDArray[np.int64], Columns]],
 ) -> int:
+    """Write one chunk; append its (ids, normalized columns) to `parts` for the index build."""
     rows: list[tuple[Any, ...]] = []
+    norms: list[Norm] = []
     now = time.time()
     for raw in chunk:
         report.read += 1
@@ -138,9 +163,12 @@ def _load_chunk(
             report.inserted += 1
         else:
             report.updated += 1
-        rows.append(_identity_row(mpi, identity_id, key, traits, now))
+        norm = normalize(traits)
+        norms.append(norm)
+        rows.append(_identity_row(mpi, identity_id, key, traits, norm, now))
     with mpi.storage.write() as c:
         c.executemany(UPSERT, rows)
+    parts.append((np.array([r[0] for r in rows], dtype=np.int64), Columns.from_norms(norms)))
     return next_id
 
 
@@ -152,8 +180,9 @@ UPSERT = (
 )
 
 
-def _identity_row(mpi: Mpi, identity_id: int, key: str, traits: Traits, now: float) -> tuple[Any, ...]:
-    norm = normalize(traits)
+def _identity_row(
+    mpi: Mpi, identity_id: int, key: str, traits: Traits, norm: Norm, now: float
+) -> tuple[Any, ...]:
     return (
         identity_id,
         mpi.enterprise_id(identity_id),
@@ -227,8 +256,9 @@ def _delta_row(
         report.skipped += 1
         return next_id
     identity_id = int(row[0]) if row else next_id
-    c.execute(UPSERT, _identity_row(mpi, identity_id, key, traits, time.time()))
-    index.upsert(identity_id, normalize(traits))
+    norm = normalize(traits)
+    c.execute(UPSERT, _identity_row(mpi, identity_id, key, traits, norm, time.time()))
+    index.upsert(identity_id, norm)
     if row:
         report.updated += 1
         return next_id

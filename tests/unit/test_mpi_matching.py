@@ -234,3 +234,73 @@ def test_febrl_subset_has_no_false_auto_link() -> None:
     linked = [(reg_ids[d.identity_id], i) for i, d in pairs if d.identity_id is not None]
     assert all(pair in truth for pair in linked)
     assert len(linked) > 950
+
+
+def test_namesake_with_a_birth_date_one_digit_off_and_nothing_else_goes_to_review(mpi: Mpi) -> None:
+    """Same names, birth date one digit off, no address or identifier: maybe another person."""
+    traits = Traits(family="Da Silva Santos", given="Joao", birth_date="19851124", sex="M")
+    res = mpi.resolve(Incoming("LAB", "NS1", traits))
+    assert res.outcome == "review"
+    assert any("only the names agree" in r for r in res.reasons)
+
+
+def test_second_address_lines_are_compared_with_each_other() -> None:
+    query = query_columns([Traits(family="Maier", street2="Pine View")])
+    register = query_columns([Traits(family="Maier", street="Cromwell Circuit", street2="Pine View")])
+    lv = levels(query, register, np.array([0]), np.array([0]))
+    assert lv[0, FIELD_INDEX["street"]] == 0
+
+
+def test_address_lines_entered_the_other_way_round_are_found_by_blocking() -> None:
+    from engine.mpi.index import RegisterIndex
+    from engine.mpi.matcher import Matcher
+    from engine.mpi.normalize import normalize
+
+    registered = Traits(
+        family="Gillard",
+        given="Jake",
+        birth_date="19590828",
+        house_number="121",
+        street="Blackbutt Street",
+        street2="Ethnam Farm",
+        postcode="3088",
+    )
+    other = Traits(family="Other", given="Person", birth_date="19700101", postcode="9999")
+    index = RegisterIndex([10, 11], [normalize(other), normalize(registered)])
+    # Names and birth date corrupted; only the (swapped) address lines and house number remain.
+    query = Traits(
+        family="Gxllatd",
+        given="Jxkd",
+        birth_date="19590808",
+        house_number="121",
+        street="Ethnam Farm",
+        street2="Blackbutt Street",
+    )
+    _, ri = Matcher(index, None, None).pairs(query_columns([query]))  # type: ignore[arg-type]
+    assert index.ids[ri].tolist() == [11]
+
+
+def test_blocking_keys_do_not_depend_on_the_other_records_of_a_batch() -> None:
+    """Keys are computed over fixed-width arrays: a record alone or beside much longer values
+    (wider arrays) must give the same keys, or a query would miss its own register row."""
+    from engine.mpi.blocking import record_keys
+
+    person = Traits(
+        family="Weber",
+        given="Jean Paul",
+        birth_date="19750615",
+        house_number="12",
+        street="Rue de l'Eglise",
+        postcode="4321",
+        matricule="1980010112302",
+    )
+    long = Traits(
+        family="Da Silva Santos Ferreira Oliveira",
+        given="Maria Conceicao Aparecida",
+        street="Boulevard Grande-Duchesse Charlotte",
+        postcode="L-1234",
+        house_number="1234",
+    )
+    alone, _ = record_keys(query_columns([person]))
+    beside, rows = record_keys(query_columns([long, person]))
+    assert sorted(alone.tolist()) == sorted(beside[rows == 1].tolist())
