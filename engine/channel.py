@@ -39,6 +39,7 @@ from engine.store.base import (
     findings_from_json,
     findings_to_json,
 )
+from engine.store.cipher import PayloadCipher
 
 log = structlog.get_logger("passerelle.channel")
 
@@ -258,7 +259,7 @@ class Channel:
         finally:
             message.forget_parse()  # queued messages keep their bytes, not the parsed view
         deliveries = [
-            NewDelivery(q.name, order_key(message, q.config.order_by))
+            NewDelivery(q.name, order_key(message, q.config.order_by, self.store.cipher))
             for q in self.queues
             if routed(self._conditions.get(q.name), message)
         ]
@@ -308,7 +309,7 @@ class Channel:
     def partition_key(self, message: Message) -> str:
         """The first destination order key (e.g. the patient id): what the bus keeps in order."""
         path = next((q.config.order_by for q in self.queues if q.config.order_by), "")
-        return order_key(message, path)
+        return order_key(message, path, self.store.cipher)
 
     @property
     def charset(self) -> str:
@@ -328,13 +329,18 @@ def message_loader(store: Store, charset: str) -> LoadMessage:
     return load
 
 
-def order_key(message: Message, path: str) -> str:
+def order_key(message: Message, path: str, cipher: PayloadCipher | None = None) -> str:
+    """The destination order key of `message` (its `order_by` field), as stored and compared
+    everywhere: in the store, the destination queues and the bus partitions. With encryption at rest
+    it is the keyed digest of the field (`PayloadCipher.order_digest`), never the clear value (e.g. a
+    national id): equal values keep equal keys, so ordering is unchanged. "" means no ordering."""
     if not path or message.content_type != HL7V2:
         return ""
     try:
-        return message.hl7.get(path)
+        clear = message.hl7.get(path)
     except ParseError:
         return ""
+    return cipher.order_digest(clear) if cipher is not None else clear
 
 
 def message_from_row(row: StoredMessage, charset: str = "") -> Message:

@@ -135,8 +135,18 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{spec.file}: ok: channel {spec.name}{state}, source {spec.source.type}, "
             f"{len(spec.steps)} step(s), {len(spec.destinations)} destination(s)"
         )
+    encryption = project.engine.store.encryption
+    if encryption is not None and not encryption.digest_key:
+        print(f"{args.config}: warning: {NO_DIGEST_KEY}")
     print(f"{args.config}: ok: {len(project.channels)} channel(s)")
     return 0
+
+
+NO_DIGEST_KEY = (
+    "store.encryption has no digest_key: order_by keys are digested with the active key, so rotating it "
+    "breaks a patient's order between deliveries created before and after the rotation "
+    "(set digest_key to a file made by `passerelle store new-key`)"
+)
 
 
 def engine_only(config: Path) -> Project:

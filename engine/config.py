@@ -37,6 +37,11 @@ class EncryptionConfig(Strict):
     Keep old keys listed until `passerelle store reencrypt` has moved every payload to the active one."""
     active: str
     """The key id new payloads are encrypted with."""
+    digest_key: str = ""
+    """Key file (same format, `passerelle store new-key`) of the digest stored instead of a destination's
+    clear `order_by` key. Recommended: it never rotates, so a patient's open deliveries keep their
+    order across payload-key rotations. Without it the digest derives from the active key, and
+    deliveries created before a rotation are not ordered with those created after it."""
 
 
 class StoreConfig(Strict):

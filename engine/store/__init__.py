@@ -39,7 +39,8 @@ def payload_cipher(config: StoreConfig, root: Path) -> PayloadCipher | None:
     if config.encryption is None:
         return None
     keys = {k: resolve(root, f) for k, f in config.encryption.keys.items()}
-    return PayloadCipher.from_files(keys, config.encryption.active)
+    digest_key = resolve(root, config.encryption.digest_key) if config.encryption.digest_key else None
+    return PayloadCipher.from_files(keys, config.encryption.active, digest_key)
 
 
 def resolve(root: Path, value: str) -> Path:

@@ -4,6 +4,8 @@ What is encrypted: every payload the store keeps (raw message, transformed conte
 answers sent and received). What stays in clear: the metadata the engine and operators search
 and count on (channel, status, control id, sender application, times); none of it is patient
 data. A copied database file (or its WAL) therefore reveals no names, birth dates or ids.
+A destination's order key (e.g. a national id) is stored as a keyed digest instead
+(`order_digest`, secret from `store.encryption.digest_key`; docs/design-notes.md says why).
 
 Format of an encrypted value: MAGIC | key id (8 bytes) | nonce (12 bytes) | ciphertext+tag.
 The column name is the associated data, so a payload cannot be moved to another column.
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine.errors import ConfigError, StoreError
 
@@ -32,6 +36,8 @@ NONCE_BYTES = 12
 HEADER_BYTES = len(MAGIC) + KEY_ID_BYTES + NONCE_BYTES
 TAG_BYTES = 16
 NAME_KEY_LABEL = b"passerelle keyed names v1"  # domain separation: name keys never equal data keys
+ORDER_DIGEST_INFO = b"passerelle order-key digest"  # HKDF info: the order-key secret is no data key
+ORDER_DIGEST_BYTES = 16  # 128 bits: collisions (two patients sharing an order) are out of reach
 
 
 def new_key_file(path: Path) -> None:
@@ -69,9 +75,11 @@ class PayloadCipher:
     active: bytes
     name_keys: dict[bytes, bytes] = field(default_factory=dict)
     """Per key id, an HMAC key derived from it for keyed names (`keyed_name`), never the key itself."""
+    order_secret: bytes = b""
+    """The HMAC key of `order_digest`: the `digest_key` file's key, else derived from the active key."""
 
     @classmethod
-    def from_files(cls, keys: dict[str, Path], active: str) -> PayloadCipher:
+    def from_files(cls, keys: dict[str, Path], active: str, digest_key: Path | None = None) -> PayloadCipher:
         if active not in keys:
             raise ConfigError([f"the active store encryption key {active!r} is not among the keys"])
         raw = {key_id_bytes(k): read_key(p) for k, p in keys.items()}
@@ -79,7 +87,17 @@ class PayloadCipher:
             {k: AESGCM(v) for k, v in raw.items()},
             key_id_bytes(active),
             {k: hmac.new(v, NAME_KEY_LABEL, hashlib.sha256).digest() for k, v in raw.items()},
+            order_secret(read_key(digest_key) if digest_key else raw[key_id_bytes(active)]),
         )
+
+    def order_digest(self, clear: str) -> str:
+        """What is stored and compared instead of a destination's clear order key (e.g. a national
+        id): HMAC-SHA256 under `order_secret`, 128 bits, hex. Equal keys give equal digests, so
+        per-key ordering holds; the database reveals nothing of the key. Empty stays empty (no order)."""
+        if not clear:
+            return ""
+        data = clear.encode("utf-8", "surrogateescape")
+        return hmac.new(self.order_secret, data, hashlib.sha256).digest()[:ORDER_DIGEST_BYTES].hex()
 
     def key_ids(self) -> list[bytes]:
         """The known key ids, the active one first."""
@@ -120,3 +138,10 @@ class PayloadCipher:
     def is_current(self, data: bytes | None) -> bool:
         """True when the value needs no re-encryption (absent, or under the active key)."""
         return data is None or data[: len(MAGIC) + KEY_ID_BYTES] == MAGIC + self.active
+
+
+def order_secret(key: bytes) -> bytes:
+    """The order-key digest secret derived from a 32-byte key (HKDF-SHA256, its own `info`), so the
+    digest never reuses a data key as such. Derived from the `digest_key` file when configured (it
+    survives payload-key rotations), else from the active payload key (it changes with it)."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=ORDER_DIGEST_INFO).derive(key)

@@ -13,7 +13,7 @@ import pytest
 from engine.cli import main
 from engine.config import load_engine_config
 from engine.errors import StoreError
-from engine.store import open_store
+from engine.store import open_store, payload_cipher
 from engine.store.base import Store
 from tests.support.engine_process import write_project
 from tests.support.engine_thread import EngineThread
@@ -25,8 +25,8 @@ CHANNEL = """
 respond_after: processed
 source: {type: mllp, port: 0}
 destinations:
-  - {name: out, type: file, directory: out}
-"""
+  - {name: out, type: file, directory: out, queue: {order_by: PID-3.1}}
+"""  # ordered by the national id, like the shipped lab-results channel
 CONTROL_ID = b"|LAB20250314000123|"
 PHI = [b"TEST^PATIENT", MATRICULE.encode(), b"19800101", b"P000123456", b"Thrombocytose"]
 
@@ -69,6 +69,13 @@ def config(tmp_path: Path, backend: StoreBackend) -> Path:
     return write_project(tmp_path, {"lab": CHANNEL}, engine_yaml(backend, keys, "k1"))
 
 
+def order_digest(config: Path) -> str:
+    """The order key the engine stores for the test patient (a keyed digest of the national id)."""
+    cipher = payload_cipher(load_engine_config(config).store, config.parent.parent)
+    assert cipher is not None
+    return cipher.order_digest(MATRICULE)
+
+
 def send(engine: EngineThread, message: bytes) -> None:
     with MllpClient(engine.port("lab")) as client:
         assert b"MSA|AA|" in client.send(message)
@@ -99,7 +106,9 @@ def test_stored_payloads_reveal_no_patient_data_and_rotate_online(
         send(engine, ORU_R01_25)
         assert delivered(tmp_path / "out", 1) == [ORU_R01_25]  # decrypted for delivery
         assert settled(engine) == {"sent": 1}  # metadata in clear
-        assert not [phi for phi in PHI if phi in backend.dump()]
+        dump = backend.dump()
+        assert not [phi for phi in PHI if phi in dump]
+        assert order_digest(config).encode() in dump  # the order key is stored, as a digest
         # rotation while the engine runs: k2 becomes active for `reencrypt`, payloads move to it
         config.write_text(engine_yaml(backend, {"k1": "keys/k1.key", "k2": "keys/k2.key"}, "k2"))
         assert main(["store", "reencrypt", "--config", str(config)]) == 0

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from engine.channel import message_loader
+from engine.channel import message_loader, order_key
 from engine.config import QueueConfig
 from engine.dispatch import DestinationQueue, backoff
 from engine.errors import PermanentError, RetryableError, StoreError
 from engine.message import HL7V2, Message, SourceMeta
 from engine.store.base import DeliveryUpdate, IntakeRecord, NewDelivery
+from engine.store.cipher import PayloadCipher, new_key_file
 from engine.store.sqlite import SqliteStore
 
 FAST = {"initial_backoff": 0.01, "max_backoff": 0.02, "jitter": 0.0}
@@ -138,19 +139,35 @@ async def test_permanent_error_rejects_without_retrying(store: SqliteStore) -> N
     await queue.stop(1)
 
 
-async def test_one_keys_messages_never_overtake_each_other(store: SqliteStore) -> None:
+def patient_key(store: SqliteStore, pid: str) -> str:
+    """The order key the channel stores for a message of patient `pid` (a digest when encrypted)."""
+    message = Message("lab", f"MSH|^~\\&|LAB|A|||x||ORU^R01|{pid}|P|2.5\rPID|1||{pid}\r".encode(),
+                      HL7V2, SourceMeta("mllp"))
+    return order_key(message, "PID-3.1", store.cipher)
+
+
+@pytest.mark.parametrize("encrypted", [False, True], ids=["clear", "encrypted"])
+async def test_one_keys_messages_never_overtake_each_other(tmp_path: Path, encrypted: bool) -> None:
+    """With encryption at rest the keys are digests of the patient id: the order is the same."""
+    new_key_file(tmp_path / "k1.key")
+    cipher = PayloadCipher.from_files({"k1": tmp_path / "k1.key"}, "k1") if encrypted else None
+    store = SqliteStore(tmp_path / "store.db", cipher=cipher)
+    await store.open()
+    a, b = patient_key(store, "A"), patient_key(store, "B")
+    assert (a, b) == (("A", "B") if cipher is None else (cipher.order_digest("A"), cipher.order_digest("B")))
     peer = Peer({"a1": ["retry", "retry", "ok"]})
     queue = make_queue(store, peer, order_by="PID-3.1", concurrency=4)
     queue.start()
     ids = [
         await enqueue(store, queue, name, key)
-        for name, key in [("a1", "A"), ("b1", "B"), ("a2", "A"), ("b2", "B"), ("a3", "A")]
+        for name, key in [("a1", a), ("b1", b), ("a2", a), ("b2", b), ("a3", a)]
     ]
     for mid in ids:
         assert await settled(store, mid) == "sent"
     assert [n for n in peer.sent if n.startswith("a")] == ["a1", "a2", "a3"]
     assert peer.sent.index("b1") < peer.sent.index("a1")  # another key is not held up
     await queue.stop(1)
+    await store.close()
 
 
 async def test_a_new_queue_resumes_open_deliveries_from_the_store(store: SqliteStore) -> None:
