@@ -26,16 +26,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.integration.test_crash_safety import assert_per_patient_order, control_ids
 from tests.integration.test_scale_out import (
     SENDERS,
-    PatientSender,
     Supervisor,
     assert_store_once,
     wait_until_delivered,
 )
 from tests.support.engine_process import free_port, write_project
 from tests.support.mllp_peers import MllpReceiver
+from tests.support.patient_senders import ORDERED_CHANNEL, Sender, assert_per_patient_order, control_ids
 from tests.support.postgres import fresh_database, shared_cluster
 from tests.support.rabbitmq import RabbitMq
 
@@ -47,18 +46,7 @@ bus: {{type: amqp, url: "{url}", partitions: {partitions}, sweep_interval: 1, sw
 logging: {{level: warning}}
 shutdown_timeout: 10
 """
-CHANNEL = """
-respond_after: received
-source: {{type: mllp, port: {port}}}
-steps:
-  - {{type: validate_hl7, required_fields: [PID-3]}}
-destinations:
-  - name: downstream
-    type: mllp
-    host: 127.0.0.1
-    port: {downstream}
-    queue: {{order_by: "PID-3[2].1", concurrency: 8, initial_backoff: 0.05, max_backoff: 0.5}}
-"""
+CHANNEL = ORDERED_CHANNEL.replace("{mode}", "received")
 
 
 class BusRun:
@@ -90,7 +78,7 @@ def run_with(tmp_path: Path, messages: int, disrupt: Callable[[BusRun], None]) -
     run = BusRun(tmp_path)
     try:
         acked: list[str] = []
-        senders = [PatientSender(i, run.port, acked, per_sender) for i in range(SENDERS)]
+        senders = [Sender(i, run.port, acked, per_sender) for i in range(SENDERS)]
         for s in senders:
             s.start()
         while len(acked) < len(expected) // 3:

@@ -26,9 +26,9 @@ import httpx
 import psycopg
 
 from engine.dashboard.auth import User, hash_password, write_users
-from tests.integration.test_crash_safety import Sender, assert_per_patient_order, control_ids
 from tests.support.engine_process import ROOT, free_port, write_project
 from tests.support.mllp_peers import MllpClient, MllpReceiver
+from tests.support.patient_senders import ORDERED_CHANNEL, Sender, assert_per_patient_order, control_ids
 from tests.support.postgres import fresh_database, shared_cluster
 from tests.unit.hl7_samples import ORU_R01_25
 
@@ -41,37 +41,7 @@ store: {{type: postgresql, dsn: "{dsn}", lease_seconds: {lease}}}
 logging: {{level: warning}}
 shutdown_timeout: 10
 """
-CHANNEL = """
-respond_after: processed
-source: {{type: mllp, port: {port}}}
-steps:
-  - {{type: validate_hl7, required_fields: [PID-3]}}
-destinations:
-  - name: downstream
-    type: mllp
-    host: 127.0.0.1
-    port: {downstream}
-    queue: {{order_by: "PID-3[2].1", concurrency: 8, initial_backoff: 0.05, max_backoff: 0.5}}
-"""
-
-
-class PatientSender(Sender):
-    """test_crash_safety's sender (one patient, resend until ACK) with its own message count."""
-
-    def __init__(self, index: int, port: int, acked: list[str], count: int) -> None:
-        super().__init__(index, port, acked)
-        self.count = count
-
-    def run(self) -> None:
-        client: MllpClient | None = None
-        try:
-            for number in range(self.count):
-                client = self._send_until_acked(client, number)
-        except BaseException as err:
-            self.error = err
-        finally:
-            if client is not None:
-                client.close()
+CHANNEL = ORDERED_CHANNEL.replace("{mode}", "processed")
 
 
 class Supervisor:
@@ -139,7 +109,7 @@ def test_three_workers_one_killed_nothing_lost_nothing_twice(tmp_path: Path) -> 
 def run_load(supervisor: Supervisor, port: int, per_sender: int) -> int:
     """Send everything; kill one worker once a third is acknowledged. Returns the killed pid."""
     acked: list[str] = []
-    senders = [PatientSender(i, port, acked, per_sender) for i in range(SENDERS)]
+    senders = [Sender(i, port, acked, per_sender) for i in range(SENDERS)]
     for s in senders:
         s.start()
     while len(acked) < SENDERS * per_sender // 3:
