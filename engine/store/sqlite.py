@@ -17,7 +17,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -370,8 +370,8 @@ def intake_many(conn: sqlite3.Connection, records: list[IntakeRecord]) -> list[I
     the message row (`intake_status`): the first event of its history, so no event row here.
     """
     known = existing_keys(conn, records)
-    next_message = int(conn.execute("SELECT coalesce(max(id), 0) + 1 FROM messages").fetchone()[0])
-    next_delivery = int(conn.execute("SELECT coalesce(max(id), 0) + 1 FROM deliveries").fetchone()[0])
+    next_message = next_id(conn, "messages")
+    next_delivery = next_id(conn, "deliveries")
     messages: list[tuple[Any, ...]] = []
     contents: list[tuple[Any, ...]] = []
     deliveries: list[tuple[Any, ...]] = []
@@ -389,8 +389,7 @@ def intake_many(conn: sqlite3.Connection, records: list[IntakeRecord]) -> list[I
         contents.append((message_id, *content_values(r)))
         ids = range(next_delivery, next_delivery + len(r.deliveries))
         next_delivery += len(r.deliveries)
-        deliveries += [(i, message_id, r.channel, d.destination, d.order_key, t, t, t)
-                       for i, d in zip(ids, r.deliveries, strict=True)]  # fmt: skip
+        deliveries += delivery_rows(ids, message_id, r.channel, r.deliveries, t)
         results.append(IntakeResult(message_id, status=r.status, ack_code=r.ack_code, findings=r.findings,
                                     delivery_ids=tuple(ids)))  # fmt: skip
     conn.executemany(_INSERT_MESSAGE, messages)
@@ -425,17 +424,28 @@ def known_result(row: _Existing, content_hash: bytes) -> IntakeResult:
                         findings=row[4])  # fmt: skip
 
 
+def next_id(conn: sqlite3.Connection, table: str) -> int:
+    """The id SQLite would assign next (max + 1): only the writer inserts, so ids are known up front."""
+    return int(conn.execute(f"SELECT coalesce(max(id), 0) + 1 FROM {table}").fetchone()[0])
+
+
+def delivery_rows(
+    ids: range, message_id: int, channel: str, deliveries: Sequence[NewDelivery], now: float
+) -> list[tuple[Any, ...]]:
+    """`_INSERT_DELIVERY` rows, one per destination, with their ids assigned by the writer."""
+    return [(i, message_id, channel, d.destination, d.order_key, now, now, now)
+            for i, d in zip(ids, deliveries, strict=True)]  # fmt: skip
+
+
 def insert_deliveries(
     conn: sqlite3.Connection, message_id: int, channel: str, deliveries: list[NewDelivery], now: float
 ) -> tuple[int, ...]:
-    ids = []
-    for d in deliveries:
-        cur = conn.execute(
-            "INSERT INTO deliveries (message_id, channel, destination, status, order_key, attempts,"
-            " created_at, next_attempt_at, updated_at) VALUES (?,?,?,'queued',?,0,?,?,?)",
-            (message_id, channel, d.destination, d.order_key, now, now, now),
-        )
-        ids.append(int(cur.lastrowid or 0))
+    """The deliveries decided by processing: one executemany, ids assigned as at intake."""
+    if not deliveries:
+        return ()
+    first = next_id(conn, "deliveries")
+    ids = range(first, first + len(deliveries))
+    conn.executemany(_INSERT_DELIVERY, delivery_rows(ids, message_id, channel, deliveries, now))
     return tuple(ids)
 
 
