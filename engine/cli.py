@@ -280,7 +280,31 @@ def cmd_store(args: argparse.Namespace) -> int:
     print(f"re-encrypted {moved} payload row(s) with the active key")
     blobs = reencrypt_dsp_blobs(project)
     print(f"re-encrypted {blobs} DSP document blob(s) with the active key")
+    rows = reencrypt_component_tables(project)
+    print(f"re-encrypted {rows} MPI, DSP registry and case row(s) with the active key")
     return 0
+
+
+def reencrypt_component_tables(project: Project) -> int:
+    """The MPI, DSP registry and case tables (engine/store/component_seal.py): clear rows sealed,
+    rows under old keys moved to the active key and their digests to the current secret."""
+    from engine.dsp.registry import PROTECTED as DSP
+    from engine.mpi.storage import PROTECTED as MPI
+    from engine.reporting.cases import PROTECTED as CASES
+    from engine.reporting.settings import load_settings
+    from engine.store import payload_cipher, resolve
+    from engine.store.component_seal import reencrypt_components
+
+    cipher = payload_cipher(project.engine.store, project.root)
+    if cipher is None:
+        raise ConfigError([f"{project.root}: store encryption is not configured"])
+    store_file = resolve(project.root, project.engine.store.path)
+    moved = reencrypt_components(store_file, cipher, (*MPI, *DSP, *CASES))
+    reporting = project.root / "config" / "reporting.yaml"
+    cases = load_settings(reporting).database if reporting.exists() else ""
+    if cases and resolve(project.root, cases) != store_file:  # cases kept in a file of their own
+        moved += reencrypt_components(resolve(project.root, cases), cipher, CASES)
+    return moved
 
 
 def reencrypt_dsp_blobs(project: Project) -> int:

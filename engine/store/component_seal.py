@@ -26,10 +26,12 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
 from engine.store.cipher import ORDER_DIGEST_BYTES, PayloadCipher
+from engine.store.component_db import ComponentDatabase
 
 Stored = str | bytes | None
 Writer = Callable[[], AbstractContextManager[sqlite3.Connection]]
@@ -163,3 +165,26 @@ def add_columns(c: sqlite3.Connection, table: str, columns: Sequence[str]) -> No
     for column in columns:
         if column not in present:
             c.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
+
+
+def reencrypt_components(
+    path: Path, cipher: PayloadCipher, tables: Sequence[ProtectedTable], batch: int = 500
+) -> int:
+    """`reencrypt_table` over each of `tables` present in the SQLite file `path` (absent tables and
+    a missing file are skipped: that component never ran); rows rewritten. With `secure_delete`
+    and a final WAL checkpoint, the clear values of rows sealed here do not stay in free space."""
+    if not path.exists():
+        return 0
+    db = ComponentDatabase(path)
+    db.conn.execute("PRAGMA secure_delete=ON")  # the clear value a row held is zeroed, not left behind
+    sealer, moved = ColumnSealer(cipher), 0
+    try:
+        present = {str(r[0]) for r in db.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        for table in (t for t in tables if t.name in present):
+            with db.write() as c:  # a file not opened by the component since its upgrade
+                add_columns(c, table.name, [f"{column}_sealed" for column in table.lookups])
+            moved += reencrypt_table(db.write, sealer, table, batch)
+        db.query("PRAGMA wal_checkpoint(TRUNCATE)")  # old page images leave the WAL (no reader holds them)
+    finally:
+        db.close()
+    return moved
