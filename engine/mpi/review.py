@@ -69,18 +69,19 @@ def _upsert_facility(mpi: Mpi, c: sqlite3.Connection, item: Incoming, outcome: s
     sealer = mpi.storage.sealer
     traits = sealer.seal(json.dumps(item.traits.as_dict(), sort_keys=True), FACILITY_TRAITS)
     found = mpi.storage.facility_id(c, item.authority, local_id)
+    stored_id = sealer.lookup(local_id, LOCAL_ID)  # a row stored in clear before is sealed now
     if found is not None:
         c.execute(
-            "UPDATE mpi_facility SET traits = ?, "
+            "UPDATE mpi_facility SET traits = ?, local_id = ?, local_id_sealed = ?, "
             "status = CASE WHEN status = 'merged' THEN status ELSE ? END, "
             "updated_at = ? WHERE id = ?",
-            (traits, outcome, time.time(), found),
+            (traits, *stored_id, outcome, time.time(), found),
         )
         return found
     cur = c.execute(
         "INSERT INTO mpi_facility(authority, local_id, local_id_sealed, traits, status, updated_at) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        (item.authority, *sealer.lookup(local_id, LOCAL_ID), traits, outcome, time.time()),
+        (item.authority, *stored_id, traits, outcome, time.time()),
     )
     return int(cur.lastrowid or 0)
 
