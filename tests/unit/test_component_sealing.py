@@ -6,6 +6,9 @@ tampered or moved value is refused."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ from engine.mpi.service import Incoming, Mpi
 from engine.mpi.storage import PROTECTED as MPI_TABLES
 from engine.mpi.storage import REGISTER_KEY, TRAITS
 from engine.reporting.cases import PROTECTED as CASE_TABLES
+from engine.reporting.cases import SCHEMA as CASES_SCHEMA
 from engine.reporting.cases import CaseStore
 from engine.reporting.catalogue import Catalogue, load_catalogue
 from engine.store.cipher import PayloadCipher, new_key_file
@@ -174,3 +178,19 @@ def test_cases_are_sealed_and_updated_through_the_digest(tmp_path: Path) -> None
     later = CaseStore(db, cipher=cipher(tmp_path, "k2", ("k2",)))
     third = later.record(incoming(catalogue, "3", oru("L3", when="20250306080000"), enterprise_id=""))
     assert (third.case_id, third.version) == (first.case_id, 3)
+
+
+def test_a_column_is_added_inside_the_write_transaction(tmp_path: Path) -> None:
+    """Regression: two processes opening a file of the previous version raced on ALTER TABLE (both
+    saw `patient_key_sealed` missing; the second failed with a duplicate column)."""
+    db = tmp_path / "store.db"
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("PRAGMA journal_mode=WAL")
+    other.executescript(CASES_SCHEMA.replace(",\n    patient_key_sealed", ""))  # the previous version
+    other.execute("BEGIN IMMEDIATE")  # another process is upgrading the file...
+    with ThreadPoolExecutor(1) as pool:
+        opened = pool.submit(lambda: CaseStore(db).cases())  # ...while this one opens it
+        time.sleep(0.5)  # lets the opener reach its schema step (no assertion on time)
+        other.execute("ALTER TABLE reporting_cases ADD COLUMN patient_key_sealed")
+        other.execute("COMMIT")
+        assert opened.result(30) == []
