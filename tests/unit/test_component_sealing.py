@@ -18,7 +18,7 @@ from engine.dsp.registry import Query, Registry
 from engine.errors import StoreError
 from engine.mpi.model import Traits
 from engine.mpi.pix_pdq import all_ids
-from engine.mpi.register_load import load_register
+from engine.mpi.register_load import apply_delta, load_register
 from engine.mpi.review import list_items, show_item
 from engine.mpi.service import Incoming, Mpi
 from engine.mpi.storage import PROTECTED as MPI_TABLES
@@ -122,6 +122,21 @@ def test_clear_rows_read_then_reencrypt_seals_them_and_follows_rotation(tmp_path
     assert only_k2.linked_identity("LAB", "LAB-77-ABC") is not None
     assert only_k2.find_identity(only_k2.config.national_authority, MATRICULE) is not None
     assert len(only_k2.index) == 7
+
+
+def test_a_delta_finds_sealed_rows_by_their_register_key(tmp_path: Path) -> None:
+    mpi = mpi_on(tmp_path, cipher(tmp_path))
+    delta = tmp_path / "delta-1.csv"
+    delta.write_text(
+        "op,register_id,matricule,family_name,given_names,birth_date,sex\n"
+        "upsert,R3,,Ferreira-Costa,Ana,19900301,F\ndelete,R5,,,,,\nupsert,R8,,Weber,Anne,19700101,F\n",
+        encoding="utf-8",
+    )
+    report = apply_delta(mpi, delta)
+    assert report is not None and (report.updated, report.deleted, report.inserted) == (1, 1, 1)
+    assert (mpi.identity_traits(3) or Traits()).family == "Ferreira-Costa"  # updated in place, no duplicate
+    assert mpi.storage.one("SELECT status FROM mpi_identity WHERE id = 5") == ("deleted",)
+    assert len(mpi.index) == 7 and leaked(tmp_path / "passerelle.db") == []
 
 
 def test_a_tampered_or_moved_value_is_refused(tmp_path: Path) -> None:
