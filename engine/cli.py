@@ -144,8 +144,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 NO_DIGEST_KEY = (
     "store.encryption has no digest_key: order_by keys are digested with the active key, so rotating it "
-    "breaks a patient's order between deliveries created before and after the rotation "
-    "(set digest_key to a file made by `passerelle store new-key`)"
+    "breaks a patient's order between deliveries created before and after the rotation, and the MPI, DSP "
+    "and case look-up digests change with it (run `passerelle store reencrypt` before removing the old key; "
+    "better, set digest_key to a file made by `passerelle store new-key`)"
 )
 
 
