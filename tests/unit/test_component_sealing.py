@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from engine.cli import main
 from engine.dsp.registry import PROTECTED as DSP_TABLES
 from engine.dsp.registry import Query, Registry
 from engine.errors import StoreError
@@ -29,6 +30,7 @@ from engine.reporting.cases import CaseStore
 from engine.reporting.catalogue import Catalogue, load_catalogue
 from engine.store.cipher import PayloadCipher, new_key_file
 from engine.store.component_seal import ColumnSealer, reencrypt_components
+from tests.support.engine_process import write_project
 from tests.unit.hl7_samples import MATRICULE
 from tests.unit.mpi_fixtures import REGISTER
 from tests.unit.test_dsp_registry import entry
@@ -209,3 +211,23 @@ def test_a_column_is_added_inside_the_write_transaction(tmp_path: Path) -> None:
         other.execute("ALTER TABLE reporting_cases ADD COLUMN patient_key_sealed")
         other.execute("COMMIT")
         assert opened.result(30) == []
+
+
+FEED = """
+source: {type: mllp, port: 0}
+destinations:
+  - {name: authority, type: reporting_feed, host: 127.0.0.1, database: var/cases.db}
+"""
+
+
+def test_store_reencrypt_walks_a_feed_s_own_case_file(tmp_path: Path) -> None:
+    config = write_project(tmp_path, {"feed": FEED})
+    cases = CaseStore(tmp_path / "var" / "cases.db")  # written before encryption was configured
+    case = cases.record(incoming(load_catalogue(SHIPPED), "1", oru("L1"), enterprise_id=""))
+    assert MATRICULE.encode() in file_bytes(tmp_path / "var" / "cases.db")
+    k1 = cipher(tmp_path / "keys")
+    config.write_text("store: {path: var/passerelle.db, encryption: {keys: {k1: keys/k1.key}, active: k1}}\n")
+    assert main(["store", "reencrypt", "--config", str(config)]) == 0
+    assert MATRICULE.encode() not in file_bytes(tmp_path / "var" / "cases.db")
+    sealed = CaseStore(tmp_path / "var" / "cases.db", cipher=k1).case(case.case_id)
+    assert sealed is not None and sealed.patient_key == f"national:{MATRICULE}"
