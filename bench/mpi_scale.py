@@ -1,6 +1,6 @@
 """MPI at national scale: load a generated register, resolve one identity at a time, link a batch.
 
-    .venv/bin/python bench/mpi_scale.py [--register 2500000] [--batch 10000] [--singles 2000]
+    .venv/bin/python bench/mpi_scale.py [--register 2500000] [--batch 10000] [--singles 2000] [--encrypt]
 
 The register is generated (bench/lux_identities.py), written as the register CSV, and loaded
 with the real loader into a fresh SQLite file (normalization, storage, index build). Then:
@@ -8,6 +8,8 @@ single resolves (decide only, the in-memory path, no storage write) for p50/p99,
 with storage writes (`resolve_many`, as `passerelle mpi link` does), and the peak RSS (the
 generator runs in a child process, so the peak is the MPI's). Wall and
 CPU times are both reported: on a shared machine the wall time includes waiting for a core.
+`--encrypt`: the register is stored sealed, as with `store.encryption` (a fresh key); the index
+rebuild from storage (what an engine start does) is timed too.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from engine.mpi.batch import decide_traits
 from engine.mpi.model import Traits
 from engine.mpi.register_load import load_register
 from engine.mpi.service import Incoming, Mpi
+from engine.store.cipher import PayloadCipher, new_key_file
 
 COLUMNS = [
     "register_id",
@@ -105,6 +108,7 @@ def main() -> None:
         type=Path,
         help="folder that keeps the generated register and queries between runs (generated if empty)",
     )
+    parser.add_argument("--encrypt", action="store_true", help="store the register sealed (store.encryption)")
     parser.add_argument("--generate-into", type=Path, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.generate_into:
@@ -117,12 +121,20 @@ def main() -> None:
         t0 = time.perf_counter()
         queries = generate_apart(data, args.register, args.batch + args.singles)
         print(f"generated {args.register} identities in {time.perf_counter() - t0:.0f} s", flush=True)
-        mpi = Mpi(Path(folder) / "passerelle.db")  # always a fresh database
+        cipher = fresh_cipher(Path(folder)) if args.encrypt else None
+        mpi = Mpi(Path(folder) / "passerelle.db", cipher=cipher)  # always a fresh database
         t0, c0 = time.perf_counter(), time.process_time()
         load_register(mpi, csv_file, "bench", "scale benchmark")
         load_s, load_cpu = time.perf_counter() - t0, time.process_time() - c0
         print(
             f"load {load_s:.0f} s (CPU {load_cpu:.0f} s); index {mpi.index.nbytes() / 2**20:.0f} MiB",
+            flush=True,
+        )
+        t0, c0 = time.perf_counter(), time.process_time()
+        mpi.replace_index(mpi._load_index(), mpi.storage.register_version())  # as an engine start does
+        print(
+            f"index rebuilt from storage in {time.perf_counter() - t0:.0f} s "
+            f"(CPU {time.process_time() - c0:.0f} s), encrypted: {args.encrypt}",
             flush=True,
         )
         matcher = mpi.matcher()
@@ -144,6 +156,11 @@ def main() -> None:
             f"{_pct(cpu, 50):.2f} | {_pct(cpu, 99):.2f} | {args.batch:,} | {batch_s:.1f} | {batch_cpu:.1f} | "
             f"{linked:,} | {rss:.0f} |"
         )
+
+
+def fresh_cipher(folder: Path) -> PayloadCipher:
+    new_key_file(folder / "bench.key")
+    return PayloadCipher.from_files({"k1": folder / "bench.key"}, "k1")
 
 
 HEADER = (

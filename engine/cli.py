@@ -144,8 +144,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 NO_DIGEST_KEY = (
     "store.encryption has no digest_key: order_by keys are digested with the active key, so rotating it "
-    "breaks a patient's order between deliveries created before and after the rotation "
-    "(set digest_key to a file made by `passerelle store new-key`)"
+    "breaks a patient's order between deliveries created before and after the rotation, and the MPI, DSP "
+    "and case look-up digests change with it (run `passerelle store reencrypt` before removing the old key; "
+    "better, set digest_key to a file made by `passerelle store new-key`)"
 )
 
 
@@ -280,7 +281,49 @@ def cmd_store(args: argparse.Namespace) -> int:
     print(f"re-encrypted {moved} payload row(s) with the active key")
     blobs = reencrypt_dsp_blobs(project)
     print(f"re-encrypted {blobs} DSP document blob(s) with the active key")
+    rows = reencrypt_component_tables(project, case_files(args.config, project))
+    print(f"re-encrypted {rows} MPI, DSP registry and case row(s) with the active key")
     return 0
+
+
+def case_files(config: Path, project: Project) -> set[Path]:
+    """Notifiable-case files apart from the store's: config/reporting.yaml's `database` and each
+    `reporting_feed` destination's. Channels that fail to load are skipped with a warning (the
+    store's rotation must work while a channel is broken)."""
+    from engine.reporting.settings import load_settings
+    from engine.store import resolve
+
+    reporting = project.root / "config" / "reporting.yaml"
+    named = [load_settings(reporting).database] if reporting.exists() else []
+    try:
+        channels = load_project(config).channels
+    except ConfigError as err:
+        print(f"warning: channels not read, their own case files not re-encrypted: {err.problems[0]}")
+        channels = []
+    named += [str(getattr(d.config, "database", "")) for c in channels for d in c.destinations
+              if d.type == "reporting_feed"]
+    store_file = resolve(project.root, project.engine.store.path)
+    return {path for name in named if name and (path := resolve(project.root, name)) != store_file}
+
+
+def reencrypt_component_tables(project: Project, cases: set[Path] | None = None) -> int:
+    """The MPI, DSP registry and case tables of the store's file, and the case tables of `cases`
+    (engine/store/component_seal.py): clear rows sealed, rows under old keys moved to the active
+    key and their digests to the current secret."""
+    from engine.dsp.registry import PROTECTED as DSP
+    from engine.mpi.storage import PROTECTED as MPI
+    from engine.reporting.cases import PROTECTED as CASES
+    from engine.store import payload_cipher, resolve
+    from engine.store.component_seal import reencrypt_components
+
+    cipher = payload_cipher(project.engine.store, project.root)
+    if cipher is None:
+        raise ConfigError([f"{project.root}: store encryption is not configured"])
+    store_file = resolve(project.root, project.engine.store.path)
+    moved = reencrypt_components(store_file, cipher, (*MPI, *DSP, *CASES))
+    for path in sorted(cases or ()):
+        moved += reencrypt_components(path, cipher, CASES)
+    return moved
 
 
 def reencrypt_dsp_blobs(project: Project) -> int:

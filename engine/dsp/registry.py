@@ -9,6 +9,11 @@ touched. Rows hold patient ids (this is the record itself): never log them.
 Versions: within a set (CDA setId), a document is `deprecated` once another document replaces
 it (RPLC) or a higher version of the set is stored, whatever the order they arrive in; the
 others are `current`.
+
+Encryption at rest (engine/store/component_seal.py, when `store.encryption` is configured): the
+patient ids (a document's matricule, a closed patient, an audit subject) are keyed digests, each
+with a `<column>_sealed` copy shown back; rows stored in clear before still match and read. The
+enterprise id (the MPI's pseudonymous E... number, no trait) stays in clear for listings.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 from engine.errors import PasserelleError
 from engine.store.component_db import ComponentDatabase
+from engine.store.component_seal import ColumnSealer, ProtectedTable, add_columns, marks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS dsp_document (
@@ -30,17 +36,24 @@ CREATE TABLE IF NOT EXISTS dsp_document (
   title TEXT NOT NULL, mime TEXT NOT NULL, effective_time TEXT NOT NULL, sort_time TEXT NOT NULL,
   confidentiality TEXT NOT NULL, matricule TEXT NOT NULL, enterprise_id TEXT NOT NULL, author TEXT NOT NULL,
   author_organization TEXT NOT NULL, custodian TEXT NOT NULL, sha256 TEXT NOT NULL, size INTEGER NOT NULL,
-  source TEXT NOT NULL, stored_at REAL NOT NULL, details TEXT NOT NULL);
+  source TEXT NOT NULL, stored_at REAL NOT NULL, details TEXT NOT NULL, matricule_sealed);
 CREATE INDEX IF NOT EXISTS dsp_document_matricule ON dsp_document(matricule, sort_time);
 CREATE INDEX IF NOT EXISTS dsp_document_by_enterprise ON dsp_document(enterprise_id, sort_time);
 CREATE INDEX IF NOT EXISTS dsp_document_set ON dsp_document(set_id, version);
 CREATE INDEX IF NOT EXISTS dsp_document_by_replaces ON dsp_document(replaces);
 CREATE TABLE IF NOT EXISTS dsp_closure (
-  patient TEXT PRIMARY KEY, closed_at REAL NOT NULL, closed_by TEXT NOT NULL, reason TEXT NOT NULL);
+  patient TEXT PRIMARY KEY, closed_at REAL NOT NULL, closed_by TEXT NOT NULL, reason TEXT NOT NULL,
+  patient_sealed);
 CREATE TABLE IF NOT EXISTS dsp_audit (
   id INTEGER PRIMARY KEY, at REAL NOT NULL, user TEXT NOT NULL, action TEXT NOT NULL,
-  subject TEXT NOT NULL, reason TEXT NOT NULL);
+  subject TEXT NOT NULL, reason TEXT NOT NULL, subject_sealed);
 """
+MATRICULE, PATIENT, SUBJECT = "dsp_document.matricule", "dsp_closure.patient", "dsp_audit.subject"
+PROTECTED = (
+    ProtectedTable("dsp_document", lookups=("matricule",)),
+    ProtectedTable("dsp_closure", lookups=("patient",)),
+    ProtectedTable("dsp_audit", lookups=("subject",)),
+)
 CURRENT, DEPRECATED = "current", "deprecated"
 STATUSES = (CURRENT, DEPRECATED)
 
@@ -80,6 +93,7 @@ class Entry:
 
 
 COLUMNS = [f.name for f in fields(Entry)]
+SELECTED = ", ".join([*COLUMNS, "matricule_sealed"])
 
 
 @dataclass(frozen=True)
@@ -122,12 +136,16 @@ def sort_time(effective_time: str) -> str:
 class Registry(ComponentDatabase):
     """The DSP's metadata rows (engine/store/component_db.py: one locked connection, FULL sync)."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 10_000) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 10_000, sealer: ColumnSealer | None = None) -> None:
         super().__init__(path, busy_timeout_ms)
-        with self.write() as c:
+        self.sealer = sealer or ColumnSealer(None)
+        with self.write() as c:  # columns added in the same transaction (two processes may open)
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     c.execute(statement)
+            add_columns(c, "dsp_document", ("matricule_sealed",))
+            add_columns(c, "dsp_closure", ("patient_sealed",))
+            add_columns(c, "dsp_audit", ("subject_sealed",))
 
     # -- documents -------------------------------------------------------------------------------
 
@@ -135,7 +153,7 @@ class Registry(ComponentDatabase):
         """Record a document; (the stored row, True) or (the row already there, False) for the
         same document again. DocumentConflict when its id is taken by different content."""
         with self.write() as c:
-            existing = _one_entry(c, "document_id = ?", (entry.document_id,))
+            existing = self._one(c, "document_id = ?", (entry.document_id,))
             if existing is not None:
                 if existing.sha256 != entry.sha256:
                     raise DocumentConflict(
@@ -143,26 +161,33 @@ class Registry(ComponentDatabase):
                         "a new version needs a new document id (and relatedDocument RPLC)"
                     )
                 return existing, False
-            stored = _insert(c, entry)
+            stored = _insert(c, entry, self.sealer.lookup(entry.matricule, MATRICULE))
         return stored, True
 
     def get(self, document_id: str) -> Entry | None:
         with self.lock:
-            return _one_entry(self.conn, "document_id = ?", (document_id,))
+            return self._one(self.conn, "document_id = ?", (document_id,))
 
     def latest(self, set_id: str) -> Entry | None:
         """The highest stored version of a set, if any."""
         with self.lock:
-            return _one_entry(self.conn, "set_id = ? ORDER BY version DESC", (set_id,))
+            return self._one(self.conn, "set_id = ? ORDER BY version DESC", (set_id,))
 
     def documents(self, query: Query) -> list[Entry]:
         """A patient's documents, newest effective time first."""
-        where, params = _filters(query)
-        sql = (
-            f"SELECT {', '.join(COLUMNS)} FROM dsp_document WHERE {where} "
-            "ORDER BY sort_time DESC, id DESC LIMIT ?"
-        )
-        return [_entry(row) for row in self.query(sql, (*params, query.limit))]
+        where, params = _filters(query, self.sealer)
+        sql = f"SELECT {SELECTED} FROM dsp_document WHERE {where} ORDER BY sort_time DESC, id DESC LIMIT ?"
+        return [self._entry(row) for row in self.query(sql, (*params, query.limit))]
+
+    def _one(self, c: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> Entry | None:
+        row = c.execute(f"SELECT {SELECTED} FROM dsp_document WHERE {where} LIMIT 1", params).fetchone()
+        return self._entry(row) if row else None
+
+    def _entry(self, row: tuple[Any, ...]) -> Entry:
+        values = dict(zip(COLUMNS, row[:-1], strict=True))
+        values["details"] = json.loads(values["details"])
+        values["matricule"] = self.sealer.shown(values["matricule"], row[-1], MATRICULE)
+        return Entry(**values)
 
     def count(self) -> int:
         return int(self.query("SELECT count(*) FROM dsp_document")[0][0])
@@ -172,45 +197,63 @@ class Registry(ComponentDatabase):
     def closure(self, *patients: str) -> Closure | None:
         """The closure of the first of `patients` (matricule, enterprise id) whose DSP is closed."""
         for patient in filter(None, patients):
+            forms = self.sealer.candidates(patient, PATIENT)
             rows = self.query(
-                "SELECT patient, closed_at, closed_by, reason FROM dsp_closure WHERE patient = ?", (patient,)
+                "SELECT patient, closed_at, closed_by, reason, patient_sealed FROM dsp_closure "
+                f"WHERE patient IN ({marks(forms)}) LIMIT 1",
+                tuple(forms),
             )
             if rows:
-                return Closure(*rows[0])
+                row = rows[0]
+                return Closure(self.sealer.shown(row[0], row[4], PATIENT), row[1], row[2], row[3])
         return None
 
     def close_record(self, patient: str, user: str, reason: str) -> bool:
         """Close a patient's DSP (nothing is stored for them any more); False if already closed."""
+        forms = self.sealer.candidates(patient, PATIENT)
         with self.write() as c:
-            done = (
+            sql = f"SELECT 1 FROM dsp_closure WHERE patient IN ({marks(forms)})"
+            closed = c.execute(sql, forms).fetchone()
+            if closed is None:
                 c.execute(
-                    "INSERT OR IGNORE INTO dsp_closure VALUES (?, ?, ?, ?)",
-                    (patient, time.time(), user, reason),
-                ).rowcount
-                == 1
-            )
-            _audit(c, user, "close", patient, reason)
-        return bool(done)
+                    "INSERT INTO dsp_closure(patient, patient_sealed, closed_at, closed_by, reason) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (*self.sealer.lookup(patient, PATIENT), time.time(), user, reason),
+                )
+            self._audit(c, user, "close", patient, reason)
+        return closed is None
 
     def reopen_record(self, patient: str, user: str, reason: str) -> bool:
         """Reopen a closed DSP; False if it was not closed."""
+        forms = self.sealer.candidates(patient, PATIENT)
         with self.write() as c:
-            done = c.execute("DELETE FROM dsp_closure WHERE patient = ?", (patient,)).rowcount == 1
-            _audit(c, user, "reopen", patient, reason)
+            done = c.execute(f"DELETE FROM dsp_closure WHERE patient IN ({marks(forms)})", forms).rowcount > 0
+            self._audit(c, user, "reopen", patient, reason)
         return bool(done)
 
     def audit_trail(self, subject: str = "") -> list[tuple[Any, ...]]:
-        sql = "SELECT at, user, action, subject, reason FROM dsp_audit"
-        return (
-            self.query(sql + " WHERE subject = ? ORDER BY id", (subject,))
+        """(at, user, action, subject, reason), oldest first; the subject shown in clear."""
+        sql = "SELECT at, user, action, subject, reason, subject_sealed FROM dsp_audit"
+        forms = self.sealer.candidates(subject, SUBJECT)
+        rows = (
+            self.query(sql + f" WHERE subject IN ({marks(forms)}) ORDER BY id", tuple(forms))
             if subject
             else self.query(sql + " ORDER BY id")
         )
+        return [(*r[:3], self.sealer.shown(r[3], r[5], SUBJECT), r[4]) for r in rows]
+
+    def _audit(self, c: sqlite3.Connection, user: str, action: str, subject: str, reason: str) -> None:
+        c.execute(
+            "INSERT INTO dsp_audit(at, user, action, subject, subject_sealed, reason) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (time.time(), user, action, *self.sealer.lookup(subject, SUBJECT), reason),
+        )
 
 
-def _filters(q: Query) -> tuple[str, list[Any]]:
+def _filters(q: Query, sealer: ColumnSealer) -> tuple[str, list[Any]]:
     if q.matricule:
-        where, params = ["matricule = ?"], [q.matricule]
+        forms = sealer.candidates(q.matricule, MATRICULE)
+        where, params = [f"matricule IN ({marks(forms)})"], list(forms)
     elif q.enterprise_id:
         where, params = ["enterprise_id = ?"], [q.enterprise_id]
     else:
@@ -228,17 +271,19 @@ def _filters(q: Query) -> tuple[str, list[Any]]:
     return " AND ".join(where), params
 
 
-def _insert(c: sqlite3.Connection, entry: Entry) -> Entry:
+def _insert(c: sqlite3.Connection, entry: Entry, matricule: tuple[str, Any]) -> Entry:
+    """Insert `entry`, its matricule stored as `matricule` (column value, sealed copy)."""
     superseded = c.execute(
         "SELECT 1 FROM dsp_document WHERE replaces = ? OR (set_id = ? AND version > ?) LIMIT 1",
         (entry.document_id, entry.set_id, entry.version),
     ).fetchone()
     row = {**entry.as_dict(), "status": DEPRECATED if superseded else CURRENT, "stored_at": time.time()}
-    values = [json.dumps(row["details"]) if k == "details" else row[k] for k in COLUMNS]
-    marks = ", ".join("?" * (len(COLUMNS) + 1))
+    stored = {**row, "details": json.dumps(row["details"]), "matricule": matricule[0]}
+    values = [stored[k] for k in COLUMNS]
     c.execute(
-        f"INSERT INTO dsp_document({', '.join(COLUMNS)}, sort_time) VALUES ({marks})",
-        (*values, sort_time(entry.effective_time)),
+        f"INSERT INTO dsp_document({', '.join(COLUMNS)}, sort_time, matricule_sealed) "
+        f"VALUES ({marks(COLUMNS)}, ?, ?)",
+        (*values, sort_time(entry.effective_time), matricule[1]),
     )
     c.execute(
         "UPDATE dsp_document SET status = ? WHERE status = ? AND document_id != ? AND "
@@ -246,21 +291,3 @@ def _insert(c: sqlite3.Connection, entry: Entry) -> Entry:
         (DEPRECATED, CURRENT, entry.document_id, entry.replaces, entry.set_id, entry.version),
     )
     return Entry(**row)
-
-
-def _one_entry(c: sqlite3.Connection, where: str, params: tuple[Any, ...]) -> Entry | None:
-    row = c.execute(f"SELECT {', '.join(COLUMNS)} FROM dsp_document WHERE {where} LIMIT 1", params).fetchone()
-    return _entry(row) if row else None
-
-
-def _entry(row: tuple[Any, ...]) -> Entry:
-    values = dict(zip(COLUMNS, row, strict=True))
-    values["details"] = json.loads(values["details"])
-    return Entry(**values)
-
-
-def _audit(c: sqlite3.Connection, user: str, action: str, subject: str, reason: str) -> None:
-    c.execute(
-        "INSERT INTO dsp_audit(at, user, action, subject, reason) VALUES (?, ?, ?, ?, ?)",
-        (time.time(), user, action, subject, reason),
-    )

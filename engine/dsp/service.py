@@ -30,6 +30,7 @@ from engine.formats import cda
 from engine.formats.dicom_manifest import KosManifest, read_manifest
 from engine.message import CDA, DICOM
 from engine.store.cipher import PayloadCipher
+from engine.store.component_seal import ColumnSealer
 
 if TYPE_CHECKING:
     from engine.mpi.service import Mpi
@@ -75,7 +76,7 @@ class Dsp:
     def __init__(self, root: Path, db_path: Path, config: DspConfig, mpi: Callable[[], Mpi],
                  cipher: PayloadCipher | None = None) -> None:
         self.config = config
-        self.registry = Registry(db_path)
+        self.registry = Registry(db_path, sealer=ColumnSealer(cipher))  # patient ids digested, sealed
         self.repository = Repository(blob_folder(root, config), cipher=cipher)  # sealed when keys are set
         self._mpi = mpi
 
@@ -231,7 +232,7 @@ def open_dsp(root: Path, db_path: Path, mpi: Callable[[], Mpi] | None = None,
         from engine.mpi.service import Mpi, load_for_root
 
         if "mpi" not in holder:
-            holder["mpi"] = Mpi(db_path, load_for_root(root))
+            holder["mpi"] = Mpi(db_path, load_for_root(root), cipher)
         return holder["mpi"]
 
     return Dsp(root, db_path, load_dsp_config(root / "config" / "dsp.yaml"), mpi or own_mpi, cipher)

@@ -100,12 +100,14 @@ def _actor(p: argparse.ArgumentParser, required: bool) -> None:
 
 def open_mpi(config: Path) -> Mpi:
     from engine.config import load_engine_config
+    from engine.store import payload_cipher
 
     config_file = config.resolve()
     engine = load_engine_config(config_file)
     root = config_file.parent.parent if config_file.parent.name == "config" else config_file.parent
     path = Path(engine.store.path)
-    return Mpi(path if path.is_absolute() else root / path, load_for_root(root))
+    cipher = payload_cipher(engine.store, root)  # the MPI tables are sealed with the store's keys
+    return Mpi(path if path.is_absolute() else root / path, load_for_root(root), cipher)
 
 
 def mpi_command(argv: list[str]) -> int:

@@ -154,9 +154,9 @@ def pix(msg: Hl7Message, mpi: Mpi, esc: Callable[[str], str]) -> Answer:
 def all_ids(mpi: Mpi, identity: int) -> list[tuple[str, str]]:
     """(authority, id): the matricule, the enterprise id, then every linked facility id."""
     out: list[tuple[str, str]] = []
-    row = mpi.storage.one("SELECT matricule FROM mpi_identity WHERE id = ?", (identity,))
-    if row and row[0]:
-        out.append((mpi.config.national_authority, str(row[0])))
+    matricule = mpi.storage.matricule(identity)  # opened when sealed (encryption at rest)
+    if matricule:
+        out.append((mpi.config.national_authority, matricule))
     out.append((mpi.config.enterprise.namespace, mpi.enterprise_id(identity)))
     return out + mpi.linked_ids(identity)
 

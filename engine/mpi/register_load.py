@@ -28,7 +28,7 @@ from engine.mpi.columns import Columns
 from engine.mpi.index import RegisterIndex
 from engine.mpi.model import Traits, date_problem
 from engine.mpi.normalize import Norm, normalize
-from engine.mpi.storage import audit
+from engine.mpi.storage import MATRICULE, NORM, REGISTER_KEY, TRAITS, audit
 
 if TYPE_CHECKING:
     from engine.mpi.service import Mpi
@@ -128,12 +128,8 @@ def _drain(
 
 def _known_ids(mpi: Mpi, chunk: list[dict[str, str]]) -> dict[str, int]:
     """register key -> identity id for the keys of this chunk already in the register."""
-    keys = json.dumps([row_key(r) for r in chunk])
-    rows = mpi.storage.query(
-        "SELECT register_key, id FROM mpi_identity WHERE register_key IN (SELECT value FROM json_each(?))",
-        (keys,),
-    )
-    return {str(k): int(i) for k, i in rows}
+    with mpi.storage.lock:
+        return mpi.storage.identity_ids(mpi.storage.conn, [row_key(r) for r in chunk])
 
 
 def _load_chunk(
@@ -173,8 +169,11 @@ def _load_chunk(
 
 
 UPSERT = (
-    "INSERT INTO mpi_identity(id, enterprise_id, register_key, matricule, status, traits, norm, updated_at) "
-    "VALUES (?, ?, ?, ?, 'active', ?, ?, ?) ON CONFLICT(id) DO UPDATE SET matricule = excluded.matricule, "
+    "INSERT INTO mpi_identity(id, enterprise_id, register_key, register_key_sealed, matricule, "
+    "matricule_sealed, status, traits, norm, updated_at) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?, ?) "
+    "ON CONFLICT(id) DO UPDATE SET register_key = excluded.register_key, "
+    "register_key_sealed = excluded.register_key_sealed, matricule = excluded.matricule, "
+    "matricule_sealed = excluded.matricule_sealed, "
     "status = CASE WHEN mpi_identity.status = 'merged' THEN 'merged' ELSE 'active' END, "
     "traits = excluded.traits, norm = excluded.norm, updated_at = excluded.updated_at"
 )
@@ -183,13 +182,15 @@ UPSERT = (
 def _identity_row(
     mpi: Mpi, identity_id: int, key: str, traits: Traits, norm: Norm, now: float
 ) -> tuple[Any, ...]:
+    """The UPSERT row; protected values sealed or digested (engine/mpi/storage.py)."""
+    sealer = mpi.storage.sealer
     return (
         identity_id,
         mpi.enterprise_id(identity_id),
-        key,
-        norm.matricule,
-        json.dumps(traits.as_dict()),
-        json.dumps(list(norm_values(norm))),
+        *sealer.lookup(key, REGISTER_KEY),
+        *sealer.lookup(norm.matricule, MATRICULE),
+        sealer.seal(json.dumps(traits.as_dict()), TRAITS),
+        sealer.seal(json.dumps(list(norm_values(norm))), NORM),
         now,
     )
 
@@ -240,7 +241,8 @@ def _delta_row(
     mpi: Mpi, c: Any, raw: dict[str, str], next_id: int, report: LoadReport, index: RegisterIndex
 ) -> int:
     key, op = row_key(raw), (raw.get("op") or "upsert").strip().lower()
-    row = c.execute("SELECT id FROM mpi_identity WHERE register_key = ?", (key,)).fetchone() if key else None
+    found = mpi.storage.identity_ids(c, [key]).get(key) if key else None
+    row = (found,) if found is not None else None
     if op == "delete":
         if row is None:
             report.skipped += 1

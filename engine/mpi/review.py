@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.errors import PasserelleError
 from engine.mpi.matcher import Decision
-from engine.mpi.storage import audit, history
+from engine.mpi.storage import CANDIDATES, FACILITY_TRAITS, LOCAL_ID, audit, history
 
 if TYPE_CHECKING:
     from engine.mpi.service import Incoming, Mpi, Resolution
@@ -53,7 +53,7 @@ def record_resolutions(
 ) -> None:
     with mpi.storage.write() as c:
         for item, d, res in zip(items, decisions, results, strict=True):
-            res.facility_id = _upsert_facility(c, item, d.outcome)
+            res.facility_id = _upsert_facility(mpi, c, item, d.outcome)
             if d.method == "local-id":
                 continue
             if d.outcome == "linked" and d.identity_id is not None:
@@ -64,23 +64,24 @@ def record_resolutions(
                 res.review_id = _open_review(mpi, c, res.facility_id, d)
 
 
-def _upsert_facility(c: sqlite3.Connection, item: Incoming, outcome: str) -> int:
+def _upsert_facility(mpi: Mpi, c: sqlite3.Connection, item: Incoming, outcome: str) -> int:
     local_id = item.local_id or f"anonymous:{uuid.uuid4().hex}"
-    traits = json.dumps(item.traits.as_dict(), sort_keys=True)
-    row = c.execute(
-        "SELECT id FROM mpi_facility WHERE authority = ? AND local_id = ?", (item.authority, local_id)
-    ).fetchone()
-    if row:
+    sealer = mpi.storage.sealer
+    traits = sealer.seal(json.dumps(item.traits.as_dict(), sort_keys=True), FACILITY_TRAITS)
+    found = mpi.storage.facility_id(c, item.authority, local_id)
+    stored_id = sealer.lookup(local_id, LOCAL_ID)  # a row stored in clear before is sealed now
+    if found is not None:
         c.execute(
-            "UPDATE mpi_facility SET traits = ?, "
+            "UPDATE mpi_facility SET traits = ?, local_id = ?, local_id_sealed = ?, "
             "status = CASE WHEN status = 'merged' THEN status ELSE ? END, "
             "updated_at = ? WHERE id = ?",
-            (traits, outcome, time.time(), row[0]),
+            (traits, *stored_id, outcome, time.time(), found),
         )
-        return int(row[0])
+        return found
     cur = c.execute(
-        "INSERT INTO mpi_facility(authority, local_id, traits, status, updated_at) VALUES (?, ?, ?, ?, ?)",
-        (item.authority, local_id, traits, outcome, time.time()),
+        "INSERT INTO mpi_facility(authority, local_id, local_id_sealed, traits, status, updated_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        (item.authority, *stored_id, traits, outcome, time.time()),
     )
     return int(cur.lastrowid or 0)
 
@@ -141,19 +142,20 @@ def _open_review(mpi: Mpi, c: sqlite3.Connection, facility_id: int, d: Decision)
         }
         for x in d.candidates
     ]
+    sealed = mpi.storage.sealer.seal(json.dumps(candidates), CANDIDATES)
     row = c.execute(
         "SELECT id FROM mpi_review WHERE facility_id = ? AND status = 'open'", (facility_id,)
     ).fetchone()
     if row:
         c.execute(
             "UPDATE mpi_review SET reasons = ?, candidates = ?, score = ? WHERE id = ?",
-            (json.dumps(d.reasons), json.dumps(candidates), d.score, row[0]),
+            (json.dumps(d.reasons), sealed, d.score, row[0]),
         )
         return int(row[0])
     cur = c.execute(
         "INSERT INTO mpi_review(facility_id, status, reasons, candidates, score, created_at) "
         "VALUES (?, 'open', ?, ?, ?, ?)",
-        (facility_id, json.dumps(d.reasons), json.dumps(candidates), d.score, time.time()),
+        (facility_id, json.dumps(d.reasons), sealed, d.score, time.time()),
     )
     return int(cur.lastrowid or 0)
 
@@ -164,7 +166,8 @@ def _open_review(mpi: Mpi, c: sqlite3.Connection, facility_id: int, d: Decision)
 def list_items(mpi: Mpi, status: str = "open", limit: int = 50) -> list[dict[str, Any]]:
     rows = mpi.storage.query(
         "SELECT r.id, r.facility_id, f.authority, f.local_id, r.score, r.reasons, r.candidates, "
-        "r.created_at, r.status FROM mpi_review r JOIN mpi_facility f ON f.id = r.facility_id "
+        "r.created_at, r.status, f.local_id_sealed FROM mpi_review r "
+        "JOIN mpi_facility f ON f.id = r.facility_id "
         "WHERE r.status = ? ORDER BY r.id LIMIT ?",
         (status, limit),
     )
@@ -173,10 +176,10 @@ def list_items(mpi: Mpi, status: str = "open", limit: int = 50) -> list[dict[str
             "id": r[0],
             "facility_id": r[1],
             "authority": r[2],
-            "local_id": r[3],
+            "local_id": mpi.storage.local_id(r[3], r[9]),
             "score": r[4],
             "reasons": json.loads(r[5]),
-            "candidates": len(json.loads(r[6])),
+            "candidates": len(json.loads(mpi.storage.sealer.open(r[6], CANDIDATES))),
             "created_at": r[7],
             "status": r[8],
         }
@@ -187,13 +190,14 @@ def list_items(mpi: Mpi, status: str = "open", limit: int = 50) -> list[dict[str
 def show_item(mpi: Mpi, review_id: int) -> dict[str, Any]:
     """The item with the incoming traits and each candidate's traits, scores and agreements."""
     row = mpi.storage.one(
-        "SELECT r.facility_id, r.status, r.reasons, r.candidates, f.traits, f.authority, f.local_id "
-        "FROM mpi_review r JOIN mpi_facility f ON f.id = r.facility_id WHERE r.id = ?",
+        "SELECT r.facility_id, r.status, r.reasons, r.candidates, f.traits, f.authority, f.local_id, "
+        "f.local_id_sealed FROM mpi_review r JOIN mpi_facility f ON f.id = r.facility_id WHERE r.id = ?",
         (review_id,),
     )
     if row is None:
         raise ReviewError(f"no review item {review_id}")
-    candidates = json.loads(row[3])
+    sealer = mpi.storage.sealer
+    candidates = json.loads(sealer.open(row[3], CANDIDATES))
     for cand in candidates:
         traits = mpi.identity_traits(int(cand["identity_id"]))
         cand["traits"] = traits.as_dict() if traits else {}
@@ -203,13 +207,13 @@ def show_item(mpi: Mpi, review_id: int) -> dict[str, Any]:
         "status": row[1],
         "reasons": json.loads(row[2]),
         "authority": row[5],
-        "local_id": row[6],
-        "incoming": json.loads(row[4]),
+        "local_id": mpi.storage.local_id(row[6], row[7]),
+        "incoming": json.loads(sealer.open(row[4], FACILITY_TRAITS)),
         "candidates": candidates,
     }
 
 
-def _open_item(c: sqlite3.Connection, review_id: int) -> tuple[int, list[dict[str, Any]]]:
+def _open_item(mpi: Mpi, c: sqlite3.Connection, review_id: int) -> tuple[int, list[dict[str, Any]]]:
     row = c.execute(
         "SELECT facility_id, status, candidates FROM mpi_review WHERE id = ?", (review_id,)
     ).fetchone()
@@ -217,14 +221,14 @@ def _open_item(c: sqlite3.Connection, review_id: int) -> tuple[int, list[dict[st
         raise ReviewError(f"no review item {review_id}")
     if row[1] != "open":
         raise ReviewError(f"review item {review_id} is already {row[1]}")
-    return int(row[0]), json.loads(row[2])
+    return int(row[0]), json.loads(mpi.storage.sealer.open(row[2], CANDIDATES))
 
 
 def link_item(mpi: Mpi, review_id: int, enterprise_id: str, actor: Actor) -> None:
     actor.check()
     identity_id = _existing_identity(mpi, enterprise_id)
     with mpi.storage.write() as c:
-        facility_id, candidates = _open_item(c, review_id)
+        facility_id, candidates = _open_item(mpi, c, review_id)
         score = next((float(x["score"]) for x in candidates if x["identity_id"] == identity_id), None)
         _link(
             c,
@@ -252,14 +256,17 @@ def reject_item(mpi: Mpi, review_id: int, enterprise_id: str, actor: Actor) -> N
     actor.check()
     identity_id = _existing_identity(mpi, enterprise_id)
     with mpi.storage.write() as c:
-        facility_id, candidates = _open_item(c, review_id)
+        facility_id, candidates = _open_item(mpi, c, review_id)
         c.execute(
             "INSERT OR IGNORE INTO mpi_distinct(facility_id, identity_id, created_at, created_by, reason) "
             "VALUES (?, ?, ?, ?, ?)",
             (facility_id, identity_id, time.time(), actor.user, actor.reason),
         )
         left = [x for x in candidates if x["identity_id"] != identity_id]
-        c.execute("UPDATE mpi_review SET candidates = ? WHERE id = ?", (json.dumps(left), review_id))
+        c.execute(
+            "UPDATE mpi_review SET candidates = ? WHERE id = ?",
+            (mpi.storage.sealer.seal(json.dumps(left), CANDIDATES), review_id),
+        )
         if identity_id in _end_links_to(c, facility_id, identity_id, actor):
             c.execute("UPDATE mpi_facility SET status = 'review' WHERE id = ?", (facility_id,))
         if not left:
@@ -311,14 +318,12 @@ def unlink_facility(mpi: Mpi, authority: str, local_id: str, actor: Actor) -> bo
     """End the facility identity's link (A37, or a reviewer's unlink); it goes back to review."""
     actor.check()
     with mpi.storage.write() as c:
-        row = c.execute(
-            "SELECT id FROM mpi_facility WHERE authority = ? AND local_id = ?", (authority, local_id)
-        ).fetchone()
-        if row is None:
+        facility_id = mpi.storage.facility_id(c, authority, local_id)
+        if facility_id is None:
             return False
-        ended = _end_links(c, int(row[0]), actor.user, actor.reason)
-        c.execute("UPDATE mpi_facility SET status = 'unlinked' WHERE id = ?", (row[0],))
-        audit(c, actor.user, "unlink", f"facility {row[0]}", actor.reason, {"identities": ended})
+        ended = _end_links(c, facility_id, actor.user, actor.reason)
+        c.execute("UPDATE mpi_facility SET status = 'unlinked' WHERE id = ?", (facility_id,))
+        audit(c, actor.user, "unlink", f"facility {facility_id}", actor.reason, {"identities": ended})
     return bool(ended)
 
 
@@ -429,14 +434,11 @@ def unmerge_identity(mpi: Mpi, absorbed_eid: str, actor: Actor) -> int:
 def merge_facility(mpi: Mpi, authority: str, prior_id: str, survivor_id: str, actor: Actor) -> bool:
     """A40: the facility merged its prior local id into the surviving one."""
     with mpi.storage.write() as c:
-        prior = c.execute(
-            "SELECT id FROM mpi_facility WHERE authority = ? AND local_id = ?", (authority, prior_id)
-        ).fetchone()
-        survivor = c.execute(
-            "SELECT id FROM mpi_facility WHERE authority = ? AND local_id = ?", (authority, survivor_id)
-        ).fetchone()
-        if prior is None or survivor is None or prior[0] == survivor[0]:
+        prior_row = mpi.storage.facility_id(c, authority, prior_id)
+        survivor_row = mpi.storage.facility_id(c, authority, survivor_id)
+        if prior_row is None or survivor_row is None or prior_row == survivor_row:
             return False
+        prior, survivor = (prior_row,), (survivor_row,)
         ended = _end_links(c, int(prior[0]), actor.user, actor.reason)
         c.execute(
             "UPDATE mpi_facility SET status = 'merged', merged_into = ?, updated_at = ? WHERE id = ?",

@@ -29,6 +29,8 @@ from engine.mpi.normalize import Norm
 from engine.mpi.scoring import Scorer, Weights
 from engine.mpi.settings import MpiConfig, load_mpi_config
 from engine.mpi.storage import Storage
+from engine.store.cipher import PayloadCipher
+from engine.store.component_seal import ColumnSealer
 
 log = structlog.get_logger("passerelle.mpi")
 SYSTEM_USER = "engine"
@@ -57,9 +59,11 @@ class Resolution:
 
 
 class Mpi:
-    def __init__(self, db_path: Path, config: MpiConfig | None = None) -> None:
+    def __init__(
+        self, db_path: Path, config: MpiConfig | None = None, cipher: PayloadCipher | None = None
+    ) -> None:
         self.config = config or MpiConfig()
-        self.storage = Storage(db_path)
+        self.storage = Storage(db_path, sealer=ColumnSealer(cipher))  # cipher: the store's keys
         self._index: RegisterIndex | None = None
         self._version = -1
         self._load_lock = threading.Lock()
@@ -97,7 +101,7 @@ class Mpi:
                 "SELECT id, norm FROM mpi_identity WHERE status = 'active' ORDER BY id"
             )
             while rows := cursor.fetchmany(size):
-                yield [r[0] for r in rows], [Norm(*json.loads(r[1])) for r in rows]
+                yield [r[0] for r in rows], [Norm(*self.storage.norm_values(r[1])) for r in rows]
 
     def replace_index(self, index: RegisterIndex, version: int) -> None:
         """Install an index built by this process for the register at `version` (bulk loads)."""
@@ -188,12 +192,7 @@ class Mpi:
         )
 
     def facility_row(self, authority: str, local_id: str) -> tuple[Any, ...] | None:
-        if not local_id:
-            return None
-        return self.storage.one(
-            "SELECT id, status, merged_into FROM mpi_facility WHERE authority = ? AND local_id = ?",
-            (authority, local_id),
-        )
+        return self.storage.facility_row(authority, local_id) if local_id else None
 
     def active_link(self, facility_id: int) -> int | None:
         row = self.storage.one(
@@ -244,27 +243,25 @@ class Mpi:
     # -- reading identities ----------------------------------------------------------------------
 
     def identity_traits(self, identity_id: int) -> Traits | None:
-        row = self.storage.one("SELECT traits FROM mpi_identity WHERE id = ?", (identity_id,))
-        return Traits.from_dict(json.loads(row[0])) if row else None
+        found = self.storage.identity_traits(identity_id)
+        return Traits.from_dict(found) if found is not None else None
 
     def linked_ids(self, identity_id: int) -> list[tuple[str, str]]:
         """(authority, local id) of every facility identity linked to the identity."""
-        return [
-            (str(a), str(b))
-            for a, b in self.storage.query(
-                "SELECT f.authority, f.local_id FROM mpi_link l JOIN mpi_facility f ON f.id = l.facility_id "
-                "WHERE l.identity_id = ? AND l.active = 1 ORDER BY f.authority, f.local_id",
+        return sorted(
+            (str(a), self.storage.local_id(b, c))
+            for a, b, c in self.storage.query(
+                "SELECT f.authority, f.local_id, f.local_id_sealed FROM mpi_link l "
+                "JOIN mpi_facility f ON f.id = l.facility_id WHERE l.identity_id = ? AND l.active = 1",
                 (identity_id,),
             )
-        ]
+        )
 
     def find_identity(self, authority: str, value: str) -> int | None:
         """The certified identity behind an id in any domain: national, enterprise or a facility's."""
         if authority == self.config.national_authority:
-            row = self.storage.one(
-                "SELECT id FROM mpi_identity WHERE matricule = ? AND status != 'deleted'", (value,)
-            )
-            return self.survivor(int(row[0])) if row else None
+            found = self.storage.identity_by_matricule(value)
+            return self.survivor(found) if found is not None else None
         if authority == self.config.enterprise.namespace:
             iid = self.identity_id(value)
             row = (
@@ -297,7 +294,7 @@ def mpi_from(context: BuildContext) -> Mpi:
             return existing
         store = context.services.get("store")
         path = Path(store.path) if store is not None else context.path("var/passerelle.db")
-        mpi = Mpi(path, load_for_root(context.root))
+        mpi = Mpi(path, load_for_root(context.root), getattr(store, "cipher", None))
         context.services["mpi"] = mpi
         if mpi.config.refresh.delta_dir:
             from engine.mpi.register_load import start_refresh

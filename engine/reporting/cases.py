@@ -10,6 +10,11 @@ delivery) contributes once and never bumps the version twice. A new positive ope
 all (detection drops it), so it never cancels a case. Every version has a report row whose
 `delivered_at` is set once the authority's broker confirmed it; a delivered version also covers the
 older undelivered ones (each report carries the whole case).
+
+Encryption at rest (engine/store/component_seal.py, with the store's cipher): a case's patient
+key (enterprise id or `national:<id>`) is a keyed digest with a sealed copy, its birth date and
+postal code are sealed, and so is each contribution's detection (the results and the patient as
+the laboratory sent them). Disease, sex, versions and times stay in clear for counts.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engine.reporting.detection import Detection, Patient, Result
+from engine.store.cipher import PayloadCipher
+from engine.store.component_seal import ColumnSealer, ProtectedTable, add_columns, marks
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reporting_cases (
     case_id TEXT PRIMARY KEY, patient_key TEXT NOT NULL, identity TEXT NOT NULL, disease TEXT NOT NULL,
     opened_at REAL NOT NULL, window_ends REAL NOT NULL, version INTEGER NOT NULL, action TEXT NOT NULL,
-    updated_at REAL NOT NULL, birth_date TEXT NOT NULL, sex TEXT NOT NULL, postal_code TEXT NOT NULL);
+    updated_at REAL NOT NULL, birth_date TEXT NOT NULL, sex TEXT NOT NULL, postal_code TEXT NOT NULL,
+    patient_key_sealed);
 CREATE INDEX IF NOT EXISTS reporting_cases_patient ON reporting_cases (patient_key, disease, opened_at);
 CREATE TABLE IF NOT EXISTS reporting_contributions (
     case_id TEXT NOT NULL, message_key TEXT NOT NULL, disease TEXT NOT NULL, message_id INTEGER,
@@ -43,6 +51,12 @@ CREATE INDEX IF NOT EXISTS reporting_reports_pending ON reporting_reports (deliv
 """
 
 DAY = 86400.0
+PATIENT_KEY, BIRTH_DATE = "reporting_cases.patient_key", "reporting_cases.birth_date"
+POSTAL_CODE, DETECTION = "reporting_cases.postal_code", "reporting_contributions.detection"
+PROTECTED = (
+    ProtectedTable("reporting_cases", ("birth_date", "postal_code"), ("patient_key",)),
+    ProtectedTable("reporting_contributions", ("detection",)),
+)
 
 
 @dataclass(frozen=True)
@@ -137,9 +151,10 @@ def parse_time(value: str) -> float | None:
 class CaseStore:
     """Case bookkeeping over one SQLite file; every method is blocking (call it in a thread)."""
 
-    def __init__(self, path: Path, busy_timeout_ms: int = 30000) -> None:
+    def __init__(self, path: Path, busy_timeout_ms: int = 30000, cipher: PayloadCipher | None = None) -> None:
         self.path = path
         self.busy_timeout_ms = busy_timeout_ms
+        self.sealer = ColumnSealer(cipher)  # the store's encryption keys, if configured
         self._ready = False
 
     @contextmanager
@@ -150,7 +165,7 @@ class CaseStore:
             conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
             if not self._ready:
                 conn.execute("PRAGMA journal_mode=WAL")
-                conn.executescript(SCHEMA)
+                _create(conn)
                 self._ready = True
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield conn
@@ -174,10 +189,10 @@ class CaseStore:
             ).fetchone()
             if seen is not None:
                 return Upsert(seen[0], seen[1], "unchanged", _delivered(conn, seen[0], seen[1]))
-            found = _open_case(conn, incoming)
+            found = _open_case(conn, incoming, self.sealer)
             if found is None:
-                return _new_case(conn, incoming, now)
-            return _update_case(conn, incoming, found, now)
+                return _new_case(conn, incoming, now, self.sealer)
+            return _update_case(conn, incoming, found, now, self.sealer)
 
     def mark_delivered(self, case_id: str, version: int, now: float | None = None) -> None:
         """The authority has `version`: it and every older undelivered version count as delivered."""
@@ -192,7 +207,7 @@ class CaseStore:
         with self._connect() as conn:
             row = conn.execute(
                 "SELECT case_id, patient_key, identity, disease, opened_at, version, action, "
-                "updated_at FROM reporting_cases WHERE case_id = ?",
+                "updated_at, patient_key_sealed FROM reporting_cases WHERE case_id = ?",
                 (case_id,),
             ).fetchone()
             if row is None:
@@ -203,9 +218,11 @@ class CaseStore:
                 (case_id,),
             )
             contributions = tuple(
-                Contribution(k, v, kind, r, Detection.from_json(d)) for k, v, kind, r, d in rows
+                Contribution(k, v, kind, r, Detection.from_json(self.sealer.open(d, DETECTION)))
+                for k, v, kind, r, d in rows
             )
-        return Case(row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7], contributions)
+        patient_key = self.sealer.shown(row[1], row[8], PATIENT_KEY)
+        return Case(row[0], patient_key, row[2], row[3], row[4], row[5], row[6], row[7], contributions)
 
     def cases(self, limit: int = 100) -> list[tuple[str, str, str, int, str, float]]:
         """(case id, disease, identity, version, action, updated_at), newest first: no patient data."""
@@ -244,7 +261,26 @@ class CaseStore:
                 "WHERE opened_at >= ? AND opened_at < ?",
                 (start, end),
             ).fetchall()
-        return [tuple(r) for r in rows]
+        return [
+            (d, at, self.sealer.open(born, BIRTH_DATE), sex, self.sealer.open(postal, POSTAL_CODE))
+            for d, at, born, sex, postal in rows
+        ]
+
+
+def _create(conn: sqlite3.Connection) -> None:
+    """The tables, and the columns added since, in one write transaction (two processes opening
+    an older file at once must not both see a column missing and race on ALTER TABLE)."""
+    conn.execute("BEGIN IMMEDIATE")
+    for statement in SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    add_columns(conn, "reporting_cases", ("patient_key_sealed",))
+    conn.execute("COMMIT")
+
+
+def _sealed(sealer: ColumnSealer, value: str, where: str) -> str | bytes:
+    """A trait as stored: sealed, or '' when absent (an update keeps the stored one then)."""
+    return sealer.seal(value, where) if value else ""
 
 
 def _delivered(conn: sqlite3.Connection, case_id: str, version: int) -> bool:
@@ -254,41 +290,48 @@ def _delivered(conn: sqlite3.Connection, case_id: str, version: int) -> bool:
     return row is not None and row[0] is not None
 
 
-def _open_case(conn: sqlite3.Connection, incoming: Incoming) -> tuple[str, int] | None:
+def _open_case(conn: sqlite3.Connection, incoming: Incoming, sealer: ColumnSealer) -> tuple[str, int] | None:
     """The patient's case of this disease whose window holds the result's time (most recent first)."""
     t = incoming.observed_at
+    keys = sealer.candidates(incoming.identity.key, PATIENT_KEY)
     row = conn.execute(
-        "SELECT case_id, version FROM reporting_cases WHERE patient_key = ? AND disease = ? "
+        f"SELECT case_id, version FROM reporting_cases WHERE patient_key IN ({marks(keys)}) AND disease = ? "
         "AND opened_at - (window_ends - opened_at) < ? AND ? < window_ends ORDER BY opened_at DESC LIMIT 1",
-        (incoming.identity.key, incoming.disease, t, t),
+        (*keys, incoming.disease, t, t),
     ).fetchone()
     return None if row is None else (row[0], row[1])
 
 
-def _new_case(conn: sqlite3.Connection, incoming: Incoming, now: float) -> Upsert:
+def _new_case(conn: sqlite3.Connection, incoming: Incoming, now: float, sealer: ColumnSealer) -> Upsert:
     case_id = "C" + secrets.token_hex(6).upper()  # 13 chars: MSH-10 "C...-vN" stays within 20
     opened = incoming.observed_at
     p = incoming.detection.patient
+    key, key_sealed = sealer.lookup(incoming.identity.key, PATIENT_KEY)
     conn.execute(
-        "INSERT INTO reporting_cases VALUES (?, ?, ?, ?, ?, ?, 1, 'new', ?, ?, ?, ?)",
+        "INSERT INTO reporting_cases(case_id, patient_key, identity, disease, opened_at, window_ends, "
+        "version, action, updated_at, birth_date, sex, postal_code, patient_key_sealed) "
+        "VALUES (?, ?, ?, ?, ?, ?, 1, 'new', ?, ?, ?, ?, ?)",
         (
             case_id,
-            incoming.identity.key,
+            key,
             "resolved" if incoming.identity.resolved else "unresolved",
             incoming.disease,
             opened,
             opened + incoming.window_days * DAY,
             now,
-            p.birth_date,
+            _sealed(sealer, p.birth_date, BIRTH_DATE),
             p.sex,
-            p.postal_code,
+            _sealed(sealer, p.postal_code, POSTAL_CODE),
+            key_sealed,
         ),
     )
-    _contribute(conn, case_id, 1, "new", incoming, now)
+    _contribute(conn, case_id, 1, "new", incoming, now, sealer)
     return Upsert(case_id, 1, "new", False)
 
 
-def _update_case(conn: sqlite3.Connection, incoming: Incoming, found: tuple[str, int], now: float) -> Upsert:
+def _update_case(
+    conn: sqlite3.Connection, incoming: Incoming, found: tuple[str, int], now: float, sealer: ColumnSealer
+) -> Upsert:
     case_id, version = found[0], found[1] + 1
     action = "amended" if incoming.correction else "updated"
     p = incoming.detection.patient
@@ -297,14 +340,29 @@ def _update_case(conn: sqlite3.Connection, incoming: Incoming, found: tuple[str,
         "identity = CASE WHEN ? THEN 'resolved' ELSE identity END, "
         "birth_date = COALESCE(NULLIF(?, ''), birth_date), sex = COALESCE(NULLIF(?, ''), sex), "
         "postal_code = COALESCE(NULLIF(?, ''), postal_code) WHERE case_id = ?",
-        (version, action, now, incoming.identity.resolved, p.birth_date, p.sex, p.postal_code, case_id),
+        (
+            version,
+            action,
+            now,
+            incoming.identity.resolved,
+            _sealed(sealer, p.birth_date, BIRTH_DATE),
+            p.sex,
+            _sealed(sealer, p.postal_code, POSTAL_CODE),
+            case_id,
+        ),
     )
-    _contribute(conn, case_id, version, action, incoming, now)
+    _contribute(conn, case_id, version, action, incoming, now, sealer)
     return Upsert(case_id, version, action, False)
 
 
 def _contribute(
-    conn: sqlite3.Connection, case_id: str, version: int, kind: str, incoming: Incoming, now: float
+    conn: sqlite3.Connection,
+    case_id: str,
+    version: int,
+    kind: str,
+    incoming: Incoming,
+    now: float,
+    sealer: ColumnSealer,
 ) -> None:
     conn.execute(
         "INSERT INTO reporting_contributions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -317,7 +375,7 @@ def _contribute(
             kind,
             incoming.received_at,
             incoming.observed_at,
-            incoming.detection.to_json(),
+            sealer.seal(incoming.detection.to_json(), DETECTION),
         ),
     )
     conn.execute(

@@ -99,7 +99,9 @@ class ReportingFeed:
     def cases(self) -> CaseStore:
         """The case store, opened on first use (building the channel needs no database)."""
         if self._cases is None:
-            self._cases = CaseStore(_database(self.config, self.context))
+            store = self.context.services.get("store")  # its encryption keys seal the cases' patient data
+            cipher = getattr(store, "cipher", None)
+            self._cases = CaseStore(_database(self.config, self.context), cipher=cipher)
         return self._cases
 
     def detection(self, message: Message) -> Detection:

@@ -29,19 +29,21 @@ from engine.reporting.aggregates import previous_week, weekly_csv
 from engine.reporting.cases import CaseStore
 from engine.reporting.settings import ReportingSettings, load_settings
 from engine.reporting.status import refresh_overdue
+from engine.store.cipher import PayloadCipher
 
 SETTINGS = Path("config/reporting.yaml")
 log = structlog.get_logger("passerelle.reporting")
 
 
-def write_aggregate(root: Path, database: Path, settings: ReportingSettings, week: str) -> Path:
+def write_aggregate(
+    root: Path, database: Path, settings: ReportingSettings, week: str, cipher: PayloadCipher | None = None
+) -> Path:
     folder = root / settings.aggregates.directory
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"domi-aggregate-{week}.csv"
     temp = folder / f".{target.name}.tmp"
-    write_synced(
-        temp, weekly_csv(CaseStore(database), week, settings.aggregates).encode("utf-8"), 0o640, True
-    )
+    cases = CaseStore(database, cipher=cipher)
+    write_synced(temp, weekly_csv(cases, week, settings.aggregates).encode("utf-8"), 0o640, True)
     temp.replace(target)
     if settings.aggregates.publish is not None:
         unsent(target).touch()  # removed once the broker confirmed the publication
@@ -53,8 +55,11 @@ def unsent(aggregate: Path) -> Path:
 
 
 class ReportingJobs:
-    def __init__(self, root: Path, database: Path, settings: ReportingSettings) -> None:
+    def __init__(
+        self, root: Path, database: Path, settings: ReportingSettings, cipher: PayloadCipher | None = None
+    ) -> None:
         self.root, self.database, self.settings = root, database, settings
+        self.cipher = cipher  # the store's encryption at rest: the cases' patient data are sealed
         self.scheduler = AsyncIOScheduler(event_loop=asyncio.get_running_loop())
         publish = settings.aggregates.publish
         self.link = (
@@ -97,7 +102,9 @@ class ReportingJobs:
     async def aggregate(self, week: str = "") -> Path | None:
         week = week or previous_week(time.time())
         try:
-            path = await asyncio.to_thread(write_aggregate, self.root, self.database, self.settings, week)
+            path = await asyncio.to_thread(
+                write_aggregate, self.root, self.database, self.settings, week, self.cipher
+            )
         except Exception as err:  # kept running: the next run retries
             log.error("reporting_aggregate_failed", week=week, error=type(err).__name__)
             return None
@@ -160,4 +167,4 @@ def start_reporting_jobs(root: Path, store: Any) -> ReportingJobs | None:
     if not isinstance(database, Path):
         log.warning("reporting_jobs_disabled", reason="no SQLite database for the cases")
         return None
-    return ReportingJobs(root, database, settings).start()
+    return ReportingJobs(root, database, settings, getattr(store, "cipher", None)).start()

@@ -77,17 +77,23 @@ class PayloadCipher:
     """Per key id, an HMAC key derived from it for keyed names (`keyed_name`), never the key itself."""
     order_secret: bytes = b""
     """The HMAC key of `order_digest`: the `digest_key` file's key, else derived from the active key."""
+    digest_secrets: tuple[bytes, ...] = ()
+    """Every secret a stored digest may have been made with: `order_secret` first, then the one
+    derived from each configured key (digests made before a rotation or before `digest_key`)."""
 
     @classmethod
     def from_files(cls, keys: dict[str, Path], active: str, digest_key: Path | None = None) -> PayloadCipher:
         if active not in keys:
             raise ConfigError([f"the active store encryption key {active!r} is not among the keys"])
         raw = {key_id_bytes(k): read_key(p) for k, p in keys.items()}
+        current = order_secret(read_key(digest_key) if digest_key else raw[key_id_bytes(active)])
+        derived = [order_secret(v) for v in raw.values()]
         return cls(
             {k: AESGCM(v) for k, v in raw.items()},
             key_id_bytes(active),
             {k: hmac.new(v, NAME_KEY_LABEL, hashlib.sha256).digest() for k, v in raw.items()},
-            order_secret(read_key(digest_key) if digest_key else raw[key_id_bytes(active)]),
+            current,
+            tuple(dict.fromkeys([current, *derived])),
         )
 
     def order_digest(self, clear: str) -> str:
