@@ -226,6 +226,12 @@ class Store(ABC):
         """Deliveries still queued or retrying, in id order."""
 
     @abstractmethod
+    async def open_line(self, channel: str, destination: str, order_key: str, before_id: int) -> int | None:
+        """The id of the oldest delivery of this destination and order key still open (queued or
+        retrying) with an id below `before_id`, or None. A queue asks before sending a delivery
+        with an order key: one key's deliveries go out in id order, whatever its memory says."""
+
+    @abstractmethod
     async def message(self, message_id: int) -> StoredMessage | None: ...
 
     async def messages(self, message_ids: list[int]) -> list[StoredMessage]:

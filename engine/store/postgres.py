@@ -526,6 +526,14 @@ class PostgresStore(Store):
         rows = await self._execute(sql, (channel, destination, after_id, limit))
         return [PendingDelivery(*row) for row in rows]
 
+    async def open_line(self, channel: str, destination: str, order_key: str, before_id: int) -> int | None:
+        sql = (
+            "SELECT id FROM deliveries WHERE channel=%s AND destination=%s AND order_key=%s"
+            " AND status IN ('queued','retrying') AND id<%s ORDER BY id LIMIT 1"
+        )
+        rows = await self._execute(sql, (channel, destination, order_key, before_id))
+        return int(rows[0][0]) if rows else None
+
     async def claim_deliveries(
         self, channel: str, destination: str, after_id: int, limit: int
     ) -> list[PendingDelivery]:

@@ -283,6 +283,15 @@ class SqliteStore(Store):
         rows = await self._read(lambda c: c.execute(sql, (channel, destination, after_id, limit)).fetchall())
         return [PendingDelivery(*row) for row in rows]
 
+    async def open_line(self, channel: str, destination: str, order_key: str, before_id: int) -> int | None:
+        sql = (
+            "SELECT min(id) FROM deliveries WHERE channel=? AND destination=?"
+            " AND status IN ('queued','retrying') AND order_key=? AND id<?"
+        )
+        params = (channel, destination, order_key, before_id)
+        row = await self._read(lambda c: c.execute(sql, params).fetchone())
+        return int(row[0]) if row and row[0] is not None else None
+
     async def message(self, message_id: int) -> StoredMessage | None:
         sql = f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES_WITH_CONTENT} WHERE id=?"
         row = await self._read(lambda c: c.execute(sql, (message_id,)).fetchone())

@@ -170,6 +170,30 @@ async def test_claims_list_what_this_worker_may_run(store: Store) -> None:
     assert [m.id for m in await store.claim_unprocessed("lab", 0, 10)] == [received.message_id]
 
 
+async def test_open_line_names_the_oldest_open_delivery_of_a_key_before_an_id(store: Store) -> None:
+    def keyed(control_id: str, key: str, destination: str = "a") -> IntakeRecord:
+        return record(control_id=control_id, deliveries=[NewDelivery(destination, key)])
+
+    first = await store.intake(keyed("K1", "P1"))
+    second = await store.intake(keyed("K2", "P1"))
+    third = await store.intake(keyed("K3", "P1"))
+    other_key = await store.intake(keyed("K4", "P2"))
+    other_destination = await store.intake(keyed("K5", "P1", destination="b"))
+    (one,), (two,), (three,) = first.delivery_ids, second.delivery_ids, third.delivery_ids
+    assert await store.open_line("lab", "a", "P1", three) == one
+    assert await store.open_line("lab", "a", "P1", one) is None  # nothing older
+    await store.update_delivery(DeliveryUpdate(one, first.message_id, "a", "retrying", 1, 9.0, "busy"))
+    assert await store.open_line("lab", "a", "P1", three) == one  # retrying is still open
+    await store.update_delivery(DeliveryUpdate(one, first.message_id, "a", "sent", 2, 0.0))
+    assert await store.open_line("lab", "a", "P1", three) == two
+    await store.update_delivery(DeliveryUpdate(two, second.message_id, "a", "dead", 1, 0.0, "gave up"))
+    assert await store.open_line("lab", "a", "P1", three) is None
+    last = other_destination.delivery_ids[0] + 1
+    assert await store.open_line("lab", "a", "P1", last) == three  # other keys and destinations aside
+    assert await store.open_line("lab", "a", "P2", last) == other_key.delivery_ids[0]
+    assert await store.open_line("lab", "b", "P1", last) == other_destination.delivery_ids[0]
+
+
 # -- routing variables (set by steps, read by `when:` and destinations) ---------------------------
 
 VARS = b'{"enterprise_id": "E1", "notifiable_diseases": "covid"}'
