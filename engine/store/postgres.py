@@ -570,13 +570,13 @@ class PostgresStore(Store):
         claimed by this worker (its own, unowned, or a dead worker's), in id order."""
         params = {"channel": channel, "before": before, "after": after_id, "limit": limit}
         rows = await self._claim(CLAIM_UNDISPATCHED, f"claim\x1f{channel}", params)
-        return [StoredMessage(*row) for row in rows]
+        return [self._clear(row) for row in rows]
 
     async def messages(self, message_ids: list[int]) -> list[StoredMessage]:
         rows = await self._execute(
             f"SELECT {_MESSAGE_COLUMNS} FROM {_WITH_CONTENT} WHERE m.id = ANY(%s)", (message_ids,)
         )
-        return [StoredMessage(*row) for row in rows]
+        return [self._clear(row) for row in rows]
 
     async def message(self, message_id: int) -> StoredMessage | None:
         rows = await self._execute(

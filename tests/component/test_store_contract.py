@@ -265,6 +265,23 @@ async def test_a_copied_database_shows_no_patient_data(backend: StoreBackend, tm
     assert all(value.startswith(MAGIC + b"k1") for value in backend.payloads())
 
 
+async def test_batch_reads_and_bus_claims_decrypt_payloads(backend: StoreBackend, tmp_path: Path) -> None:
+    """Regression: the bus consumer's batch load (`messages`) and the sweep's claim
+    (`claim_undispatched`) handed the steps the sealed bytes on PostgreSQL."""
+    store = backend.store(cipher(tmp_path, "k1", "k1"))
+    await store.open()
+    try:
+        result = await store.intake(record("P1", PATIENT, "received", [], vars=b'{"pid": "X"}'))
+        (batch,) = await store.messages([result.message_id])
+        shared = isinstance(store, PostgresStore)
+        claimed = await store.claim_undispatched("lab", 2e9, 0, 10) if shared else []
+    finally:
+        await store.close()
+    assert batch.raw == PATIENT and batch.vars == b'{"pid": "X"}'
+    assert all(row.raw == PATIENT and row.vars == b'{"pid": "X"}' for row in claimed)
+    assert len(claimed) == (1 if backend.name == "postgresql" else 0)
+
+
 async def test_the_dump_check_finds_patient_data_when_not_encrypted(
     store: Store, backend: StoreBackend
 ) -> None:
