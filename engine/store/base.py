@@ -202,6 +202,12 @@ class Store(ABC):
         """Store a received message's step outcome; returns the new delivery ids."""
 
     @abstractmethod
+    async def processed_all(self, records: list[ProcessedRecord]) -> list[tuple[int, ...]]:
+        """`processed` for a batch of one channel's messages, in one transaction: all committed, in
+        order, or none (StoreError). One tuple of new delivery ids per record, in the records' order
+        (empty when the message was no longer `received`: another run processed it first)."""
+
+    @abstractmethod
     async def update_delivery(self, update: DeliveryUpdate) -> None: ...
 
     async def update_deliveries(self, updates: list[DeliveryUpdate]) -> None:

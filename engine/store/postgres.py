@@ -479,6 +479,27 @@ class PostgresStore(Store):
         ids: tuple[int, ...] = await self._write(Write(sql, params, lambda rows: tuple(rows[0][0])))
         return ids
 
+    async def processed_all(self, records: list[ProcessedRecord]) -> list[tuple[int, ...]]:
+        """One statement (migration 0004), so a group commit re-run one write at a time keeps it whole."""
+        if not records:
+            return []
+        sealed = [seal_processed(self.cipher, r) for r in records]
+        deliveries = [d for r in records for d in r.deliveries]
+        params = (
+            records[0].channel, time.time(), self.worker_id,
+            [r.message_id for r in records], [r.status for r in records], [r.findings for r in records],
+            [s.transformed for s in sealed], [s.vars for s in sealed], [len(r.deliveries) for r in records],
+            [d.destination for d in deliveries], [d.order_key for d in deliveries],
+        )  # fmt: skip
+        sql = (
+            "SELECT delivery_ids FROM passerelle_processed_all(%s, %s, %s, %s::bigint[], %s::text[],"
+            " %s::text[], %s::bytea[], %s::bytea[], %s::integer[], %s::text[], %s::text[])"
+        )
+        ids: list[tuple[int, ...]] = await self._write(
+            Write(sql, params, lambda rows: [tuple(row[0] or ()) for row in rows])
+        )
+        return ids
+
     async def update_delivery(self, u: DeliveryUpdate) -> None:
         """Only the owner's outcome counts: a worker whose lease expired (stalled) and whose
         delivery was taken over changes nothing; the new owner records the outcome."""

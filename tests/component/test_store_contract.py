@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import psycopg
 import pytest
@@ -119,6 +120,27 @@ async def test_received_message_is_listed_until_processed(store: Store) -> None:
     assert len(ids) == 1 and await store.unprocessed("lab", 0, 10) == []
     stored = await store.message(result.message_id)
     assert stored is not None and stored.transformed == b"NEW" and stored.raw == record().raw
+
+
+async def test_a_processed_batch_is_committed_in_order_or_not_at_all(store: Store) -> None:
+    received = [await store.intake(record(f"R{i}", status="received", deliveries=[])) for i in range(4)]
+    first, second, third, done = (r.message_id for r in received)
+    await store.processed(ProcessedRecord(done, "lab", "sent", None, None, []))
+
+    def outcome(message_id: int, *keys: str | None) -> ProcessedRecord:
+        deliveries = [NewDelivery("a", cast(str, k)) for k in keys]
+        return ProcessedRecord(message_id, "lab", "queued", None, None, deliveries)
+
+    with pytest.raises(StoreError):  # the second one cannot be stored: none of the batch is
+        await store.processed_all([outcome(first, "P1"), outcome(second, None), outcome(third, "P1")])
+    assert [m.id for m in await store.unprocessed("lab", 0, 10)] == [first, second, third]
+    ids = await store.processed_all(
+        [outcome(first, "P1", "P2"), outcome(done, "P1"), outcome(second), outcome(third, "P1")]
+    )
+    assert [len(i) for i in ids] == [2, 0, 0, 1]  # `done` was processed already: nothing new
+    assert ids[0][0] < ids[0][1] < ids[3][0]  # delivery ids follow the batch's order
+    assert await store.unprocessed("lab", 0, 10) == []
+    assert (await store.message(second)).status == "queued"  # type: ignore[union-attr]
 
 
 async def test_concurrent_writes_share_commits(store: Store) -> None:
