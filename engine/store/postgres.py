@@ -580,9 +580,19 @@ class PostgresStore(Store):
         return [str(row[0]) for row in rows]
 
     async def mark_dispatched(self, message_ids: list[int]) -> None:
-        """The broker confirmed these messages' ids: the sweep leaves them alone."""
-        sql = "UPDATE messages SET dispatched = true WHERE id = ANY(%s) AND status = 'received'"
-        await self._write(Write(sql, (message_ids,)))
+        """The broker confirmed these messages' ids: the sweep leaves them alone.
+
+        Its own short statement, not part of a group commit, and it skips rows another transaction
+        holds: inside a group commit it locked message rows while another worker's group commit,
+        processing those messages, locked them in another order (deadlock; PostgreSQL failed one
+        batch, re-run one write per transaction). A row skipped is being processed (it leaves
+        `received`), or its mark is lost and the sweep publishes it again: a harmless duplicate."""
+        sql = (
+            "UPDATE messages m SET dispatched = true FROM (SELECT id, received_at FROM messages"
+            " WHERE id = ANY(%s) AND status = 'received' AND NOT dispatched ORDER BY id"
+            " FOR UPDATE SKIP LOCKED) s WHERE m.id = s.id AND m.received_at = s.received_at"
+        )
+        await self._execute(sql, (message_ids,))
 
     async def claim_undispatched(
         self, channel: str, before: float, after_id: int, limit: int

@@ -427,6 +427,20 @@ async def test_one_keys_deliveries_stay_with_one_worker(workers: Workers) -> Non
     assert all(d.order_key == "P2" for d in await second.claim_deliveries("lab", "a", 0, 10))
 
 
+async def test_dispatched_marks_skip_rows_another_transaction_holds(workers: Workers) -> None:
+    """Regression: the marks ran inside a group commit and waited for rows another worker's group
+    commit held while it processed them, which waited in turn (a deadlock between workers)."""
+    first, second, dsn = workers
+    held = await first.intake(record("D1", status="received", deliveries=[]))
+    free = await first.intake(record("D2", status="received", deliveries=[]))
+    async with await psycopg.AsyncConnection.connect(dsn) as other, other.transaction():
+        await other.execute("SELECT 1 FROM messages WHERE id = %s FOR UPDATE", (held.message_id,))
+        await asyncio.wait_for(second.mark_dispatched([held.message_id, free.message_id]), 30)
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT id, dispatched FROM messages ORDER BY id")
+        assert await cur.fetchall() == [(held.message_id, False), (free.message_id, True)]
+
+
 async def test_migrations_apply_once_and_retention_drops_final_months() -> None:
     dsn = fresh_database(shared_cluster())
     store = PostgresStore(dsn)
