@@ -270,10 +270,33 @@ class Channel:
 
     async def finish(self, message: Message) -> None:
         """Run a `received` message's steps and commit the outcome; raises StoreError."""
-        verdict, deliveries = self.process(message)
+        await self.finish_all([message])
+
+    async def finish_all(self, messages: list[Message]) -> None:
+        """Run the steps of `received` messages and commit their outcomes in one transaction, all or
+        none (raises StoreError: then none is), then hand the new deliveries to the queues.
+
+        Once the commit is asked for, it and the hand-over complete even if the caller is cancelled
+        (a bus consumer stopped at a rebalance): a cancelled caller used to leave committed
+        deliveries that no queue knew of until its next claim scan, while the same patient's later
+        deliveries, offered meanwhile, went out first (issue #9)."""
+        if not messages:
+            return
+        decided = [(message, *self.process(message)) for message in messages]
+        records = [self._processed_record(m, verdict, deliveries) for m, verdict, deliveries in decided]
+        commit = asyncio.ensure_future(self._commit_processed(decided, records))
+        try:
+            await asyncio.shield(commit)
+        except asyncio.CancelledError:
+            commit.add_done_callback(_orphan_done)
+            raise
+
+    def _processed_record(
+        self, message: Message, verdict: Verdict, deliveries: list[NewDelivery]
+    ) -> ProcessedRecord:
         assert message.id is not None
         transformed = message.content() if message.transformed() else None
-        record = ProcessedRecord(
+        return ProcessedRecord(
             message.id,
             self.name,
             verdict.status,
@@ -283,7 +306,19 @@ class Channel:
             verdict.code,
             vars=encode_vars(message.vars),
         )
-        ids = await self.store.processed(record)
+
+    async def _commit_processed(
+        self, decided: list[tuple[Message, Verdict, list[NewDelivery]]], records: list[ProcessedRecord]
+    ) -> None:
+        all_ids = await self.store.processed_all(records)
+        for (message, verdict, deliveries), ids in zip(decided, all_ids, strict=True):
+            self._settle(message, verdict, deliveries, ids)
+
+    def _settle(
+        self, message: Message, verdict: Verdict, deliveries: list[NewDelivery], ids: tuple[int, ...]
+    ) -> None:
+        """A processing outcome is committed: offer its deliveries, answer a waiting application ACK."""
+        assert message.id is not None
         self.work.done(message.id)
         if ids or not deliveries:  # else another worker processed it first (redelivery): that stands
             self.meter.processed(verdict.status)
@@ -367,3 +402,10 @@ def encode_vars(variables: dict[str, str]) -> bytes | None:
 
 def routed(condition: RouteCondition | None, message: Message) -> bool:
     return condition is None or condition.holds(message.vars)
+
+
+def _orphan_done(commit: asyncio.Future[None]) -> None:
+    """A shielded commit whose caller was cancelled: its failure has no one to raise to. The work
+    stays `received` in the store (redelivered or reclaimed); the reason is logged, never content."""
+    if not commit.cancelled() and commit.exception() is not None:
+        log.error("processing_store_failed", error=str(commit.exception()))

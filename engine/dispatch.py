@@ -171,7 +171,8 @@ class DestinationQueue:
             if work.next_attempt_at > time.time():
                 self._schedule(work, work.next_attempt_at - time.time())
                 continue
-            await self._attempt(work)
+            if await self._first_in_line(work):
+                await self._attempt(work)
 
     def _may_run(self, work: Work) -> bool:
         """Ordering: only the key's current owner runs; later deliveries wait in line."""
@@ -183,6 +184,38 @@ class DestinationQueue:
             return True
         self._waiting.setdefault(key, deque()).append(work)
         return False
+
+    async def _first_in_line(self, work: Work) -> bool:
+        """The order guard of a shared store: a keyed delivery is sent only when no older one of its
+        key is still open in the store. The queue's memory can be wrong there (work of several
+        processes meets in the store; docs/design-notes.md, "The work bus"); when it is, the key's
+        line goes back to the store and claim scans hand it out again in id order. One store read
+        per keyed attempt; a single-process store's memory holds all its work, so it is not asked."""
+        if not (self.store.shared and self.config.order_by and work.order_key):
+            return True
+        try:
+            older = await self.store.open_line(self.channel, self.name, work.order_key, work.delivery_id)
+        except StoreError as err:
+            log.error("delivery_store_failed", channel=self.channel, destination=self.name,
+                      delivery=work.delivery_id, error=str(err))
+            self._schedule(work, backoff(self.config, max(work.attempts, 1)))
+            return False
+        if older is None:
+            return True
+        self._give_back_line(work, older)
+        return False
+
+    def _give_back_line(self, work: Work, older: int) -> None:
+        """`work` (its key's owner here) and the deliveries waiting behind it go back to the store."""
+        line = [work, *self._waiting.pop(work.order_key, ())]
+        self._owner.pop(work.order_key, None)
+        # Ids only: an order key may be a patient id.
+        log.warning("delivery_out_of_line", channel=self.channel, destination=self.name,
+                    delivery=work.delivery_id, open_before=older, older_in_memory=self.feed.holds(older),
+                    given_back=len(line))
+        for item in line:
+            self._held.release()
+            self.feed.give_back(item.delivery_id)
 
     async def _attempt(self, work: Work) -> None:
         """Send once and hand the outcome to the committer (the attempt stays in flight until then)."""

@@ -11,6 +11,8 @@ reloads, and ids finished while a reload query ran are filtered out of its page.
 missed: while spilled, a reload starts below the lowest dropped id, and the feed returns to
 memory mode only after a reload during which nothing was dropped came back short.
 
+`give_back(id)` returns a taken item to the store (it is reloaded like a dropped one).
+
 `rescan()` (a store shared by several processes) makes the next reload start again from the
 first id: work can become this worker's without being pushed (another worker died, or released
 an order key). It is the spilled state with the cursor reset, so the invariants above hold.
@@ -74,6 +76,16 @@ class Feed(Generic[T]):
         self._known.discard(item_id)
         if self._finished_during_reload is not None:
             self._finished_during_reload.add(item_id)
+
+    def give_back(self, item_id: int) -> None:
+        """An item taken but not run (a delivery found out of line): forget it and look at the
+        store again from the first id, so a reload hands it out again, after what must go first."""
+        self._known.discard(item_id)
+        self.rescan()
+
+    def holds(self, item_id: int) -> bool:
+        """Whether the item is in memory or taken and not done (diagnostics)."""
+        return item_id in self._known
 
     def rescan(self) -> None:
         """Look at the store again from the first id (claims: see the module docstring)."""

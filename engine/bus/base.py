@@ -26,6 +26,11 @@ class Processor(Protocol):
     async def finish(self, message: Message) -> None:
         """Run the steps of a `received` message and commit the outcome (raises StoreError)."""
 
+    async def finish_all(self, messages: list[Message]) -> None:
+        """`finish` for a batch, in order, in one commit: all or none (raises StoreError). Once
+        called, the commit and the hand-over of its deliveries complete even if the caller is
+        cancelled."""
+
     async def reload_unprocessed(self, after_id: int, limit: int) -> list[tuple[int, Message]]:
         """Claim `received` messages this process may run (embedded work's reload)."""
 

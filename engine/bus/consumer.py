@@ -2,10 +2,11 @@
 
 The broker delivers up to `prefetch` message ids at a time. They are taken in batches, in the
 order delivered: loaded from the store (a message no longer `received` was processed already: a
-redelivery, skipped), processed, and acknowledged (`multiple`, up to the batch's last tag) only
-once every processing commit of the batch is done. A crash before the ack: the broker redelivers
-the ids to the partition's next consumer, and processing them again changes nothing
-(engine/bus/base.py). A store failure closes the channel without acking, for the same effect.
+redelivery, skipped), processed and committed together (one transaction: the whole batch or none
+of it), and acknowledged (`multiple`, up to the batch's last tag) once that commit is done. A
+crash before the ack: the broker redelivers the ids to the partition's next consumer, and
+processing them again changes nothing (engine/bus/base.py). A store failure closes the channel
+without acking, for the same effect.
 
 Order does not rely on the broker's redelivery order: RabbitMQ 3.10 hands the next
 single-active consumer new messages before the ones it takes back from the previous consumer
@@ -118,30 +119,20 @@ class PartitionConsumer:
             await self._catch_up()
             self._active = True
         loaded = await self.processor.load_received([message_id for _, message_id in batch if message_id])
-        # In delivery order: each run queues its processing commit before its first await, and
-        # tasks start in creation order, so the store's one writer commits them in that order.
-        # An id seen twice in a batch (published twice) runs once.
-        runs = [asyncio.ensure_future(self.processor.finish(m))
-                for m in (loaded.pop(message_id, None) for _, message_id in batch) if m is not None]
-        try:
-            for run in runs:
-                await run
-        finally:
-            for run in runs:  # a failed batch: let the others end, their outcome is committed or not
-                if not run.done():
-                    with contextlib.suppress(StoreError):
-                        await run
-        self.processed += len(runs)
+        # In delivery order, one commit for the batch (all or none; completed even if this consumer
+        # is stopped meanwhile: Processor.finish_all). An id seen twice in a batch runs once.
+        messages = [m for m in (loaded.pop(message_id, None) for _, message_id in batch) if m is not None]
+        await self.processor.finish_all(messages)
+        self.processed += len(messages)
 
     async def _catch_up(self) -> None:
         """Process every message of this partition still `received`, in id order (see above)."""
         after = 0
         while True:
             page = await self.processor.unprocessed(after, CATCH_UP_PAGE)
-            runs = [asyncio.ensure_future(self.processor.finish(m)) for m in page if self.belongs(m)]
-            for run in runs:
-                await run
-            self.caught_up += len(runs)
+            mine = [m for m in page if self.belongs(m)]
+            await self.processor.finish_all(mine)
+            self.caught_up += len(mine)
             if len(page) < CATCH_UP_PAGE:
                 break
             after = page[-1].id or after

@@ -30,7 +30,7 @@ log = structlog.get_logger("passerelle.bus")
 
 MAX_OUTBOX = 20_000  # beyond this, publications are left to the sweep (bounded memory)
 MAX_IN_FLIGHT = 2_000  # publications awaiting their confirm
-FLUSH_SECONDS = 0.1  # confirmed ids are marked dispatched in batches
+FLUSH_SECONDS = 0.5  # confirmed ids are marked dispatched in batches (the sweep waits `sweep_after`)
 RETRY_SECONDS = (0.5, 10.0)  # after a failed connection: publications dropped for this long (doubling)
 PROPERTIES = pika.BasicProperties(delivery_mode=2, content_type="text/plain")
 

@@ -202,6 +202,12 @@ class Store(ABC):
         """Store a received message's step outcome; returns the new delivery ids."""
 
     @abstractmethod
+    async def processed_all(self, records: list[ProcessedRecord]) -> list[tuple[int, ...]]:
+        """`processed` for a batch of one channel's messages, in one transaction: all committed, in
+        order, or none (StoreError). One tuple of new delivery ids per record, in the records' order
+        (empty when the message was no longer `received`: another run processed it first)."""
+
+    @abstractmethod
     async def update_delivery(self, update: DeliveryUpdate) -> None: ...
 
     async def update_deliveries(self, updates: list[DeliveryUpdate]) -> None:
@@ -224,6 +230,12 @@ class Store(ABC):
         self, channel: str, destination: str, after_id: int, limit: int
     ) -> list[PendingDelivery]:
         """Deliveries still queued or retrying, in id order."""
+
+    @abstractmethod
+    async def open_line(self, channel: str, destination: str, order_key: str, before_id: int) -> int | None:
+        """The id of the oldest delivery of this destination and order key still open (queued or
+        retrying) with an id below `before_id`, or None. A queue asks before sending a delivery
+        with an order key: one key's deliveries go out in id order, whatever its memory says."""
 
     @abstractmethod
     async def message(self, message_id: int) -> StoredMessage | None: ...

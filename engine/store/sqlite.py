@@ -252,6 +252,11 @@ class SqliteStore(Store):
         ids: tuple[int, ...] = await self._write(lambda conn: processed_op(conn, record))
         return ids
 
+    async def processed_all(self, records: list[ProcessedRecord]) -> list[tuple[int, ...]]:
+        sealed = [seal_processed(self.cipher, r) for r in records]
+        ids: list[tuple[int, ...]] = await self._write(lambda conn: [processed_op(conn, r) for r in sealed])
+        return ids
+
     async def update_delivery(self, update: DeliveryUpdate) -> None:
         update = seal_update(self.cipher, update)
         await self._write(lambda conn: update_delivery_op(conn, update))
@@ -282,6 +287,15 @@ class SqliteStore(Store):
         )
         rows = await self._read(lambda c: c.execute(sql, (channel, destination, after_id, limit)).fetchall())
         return [PendingDelivery(*row) for row in rows]
+
+    async def open_line(self, channel: str, destination: str, order_key: str, before_id: int) -> int | None:
+        sql = (
+            "SELECT min(id) FROM deliveries WHERE channel=? AND destination=?"
+            " AND status IN ('queued','retrying') AND order_key=? AND id<?"
+        )
+        params = (channel, destination, order_key, before_id)
+        row = await self._read(lambda c: c.execute(sql, params).fetchone())
+        return int(row[0]) if row and row[0] is not None else None
 
     async def message(self, message_id: int) -> StoredMessage | None:
         sql = f"SELECT {_MESSAGE_COLUMNS} FROM {_MESSAGES_WITH_CONTENT} WHERE id=?"
@@ -452,11 +466,13 @@ def insert_deliveries(
 def processed_op(conn: sqlite3.Connection, r: ProcessedRecord) -> tuple[int, ...]:
     """Steps ran on a `received` message: its outcome, new content and deliveries (event by trigger)."""
     now = time.time()
-    conn.execute(
+    updated = conn.execute(
         "UPDATE messages SET status=?, findings=coalesce(?, findings), updated_at=?"
         " WHERE id=? AND status='received'",
         (r.status, r.findings, now, r.message_id),
     )
+    if not updated.rowcount:
+        return ()  # processed already (engine/bus/base.py): the first outcome stands, as on PostgreSQL
     if r.transformed is not None or r.vars is not None:
         conn.execute(
             "UPDATE contents SET transformed=coalesce(?, transformed), vars=coalesce(?, vars)"

@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
 
 import psycopg
 import pytest
@@ -121,6 +122,27 @@ async def test_received_message_is_listed_until_processed(store: Store) -> None:
     assert stored is not None and stored.transformed == b"NEW" and stored.raw == record().raw
 
 
+async def test_a_processed_batch_is_committed_in_order_or_not_at_all(store: Store) -> None:
+    received = [await store.intake(record(f"R{i}", status="received", deliveries=[])) for i in range(4)]
+    first, second, third, done = (r.message_id for r in received)
+    await store.processed(ProcessedRecord(done, "lab", "sent", None, None, []))
+
+    def outcome(message_id: int, *keys: str | None) -> ProcessedRecord:
+        deliveries = [NewDelivery("a", cast(str, k)) for k in keys]
+        return ProcessedRecord(message_id, "lab", "queued", None, None, deliveries)
+
+    with pytest.raises(StoreError):  # the second one cannot be stored: none of the batch is
+        await store.processed_all([outcome(first, "P1"), outcome(second, None), outcome(third, "P1")])
+    assert [m.id for m in await store.unprocessed("lab", 0, 10)] == [first, second, third]
+    ids = await store.processed_all(
+        [outcome(first, "P1", "P2"), outcome(done, "P1"), outcome(second), outcome(third, "P1")]
+    )
+    assert [len(i) for i in ids] == [2, 0, 0, 1]  # `done` was processed already: nothing new
+    assert ids[0][0] < ids[0][1] < ids[3][0]  # delivery ids follow the batch's order
+    assert await store.unprocessed("lab", 0, 10) == []
+    assert (await store.message(second)).status == "queued"  # type: ignore[union-attr]
+
+
 async def test_concurrent_writes_share_commits(store: Store) -> None:
     results = await asyncio.gather(*(store.intake(record(control_id=f"C{i}")) for i in range(500)))
     assert len({r.message_id for r in results}) == 500
@@ -168,6 +190,30 @@ async def test_claims_list_what_this_worker_may_run(store: Store) -> None:
     assert [d.id for d in claimed] == list(result.delivery_ids) and claimed[0].order_key == "P1"
     received = await store.intake(record(control_id="C2", status="received", deliveries=[]))
     assert [m.id for m in await store.claim_unprocessed("lab", 0, 10)] == [received.message_id]
+
+
+async def test_open_line_names_the_oldest_open_delivery_of_a_key_before_an_id(store: Store) -> None:
+    def keyed(control_id: str, key: str, destination: str = "a") -> IntakeRecord:
+        return record(control_id=control_id, deliveries=[NewDelivery(destination, key)])
+
+    first = await store.intake(keyed("K1", "P1"))
+    second = await store.intake(keyed("K2", "P1"))
+    third = await store.intake(keyed("K3", "P1"))
+    other_key = await store.intake(keyed("K4", "P2"))
+    other_destination = await store.intake(keyed("K5", "P1", destination="b"))
+    (one,), (two,), (three,) = first.delivery_ids, second.delivery_ids, third.delivery_ids
+    assert await store.open_line("lab", "a", "P1", three) == one
+    assert await store.open_line("lab", "a", "P1", one) is None  # nothing older
+    await store.update_delivery(DeliveryUpdate(one, first.message_id, "a", "retrying", 1, 9.0, "busy"))
+    assert await store.open_line("lab", "a", "P1", three) == one  # retrying is still open
+    await store.update_delivery(DeliveryUpdate(one, first.message_id, "a", "sent", 2, 0.0))
+    assert await store.open_line("lab", "a", "P1", three) == two
+    await store.update_delivery(DeliveryUpdate(two, second.message_id, "a", "dead", 1, 0.0, "gave up"))
+    assert await store.open_line("lab", "a", "P1", three) is None
+    last = other_destination.delivery_ids[0] + 1
+    assert await store.open_line("lab", "a", "P1", last) == three  # other keys and destinations aside
+    assert await store.open_line("lab", "a", "P2", last) == other_key.delivery_ids[0]
+    assert await store.open_line("lab", "b", "P1", last) == other_destination.delivery_ids[0]
 
 
 # -- routing variables (set by steps, read by `when:` and destinations) ---------------------------
@@ -239,6 +285,24 @@ async def test_a_copied_database_shows_no_patient_data(backend: StoreBackend, tm
     assert not [phi for phi in PHI if phi in dump]
     assert b"lab" in dump and b"P1" in dump  # the metadata operators search on stays in clear
     assert all(value.startswith(MAGIC + b"k1") for value in backend.payloads())
+
+
+async def test_batch_reads_and_bus_claims_decrypt_payloads(backend: StoreBackend, tmp_path: Path) -> None:
+    """Regression: the bus consumer's batch load (`messages`) and the sweep's claim
+    (`claim_undispatched`) handed the steps the sealed bytes on PostgreSQL."""
+    store = backend.store(cipher(tmp_path, "k1", "k1"))
+    await store.open()
+    try:
+        result = await store.intake(record("P1", PATIENT, "received", [], vars=b'{"pid": "X"}'))
+        (batch,) = await store.messages([result.message_id])
+        claimed = []
+        if isinstance(store, PostgresStore):  # the bus runs on PostgreSQL only
+            claimed = await store.claim_undispatched("lab", 2e9, 0, 10)
+    finally:
+        await store.close()
+    assert batch.raw == PATIENT and batch.vars == b'{"pid": "X"}'
+    assert all(row.raw == PATIENT and row.vars == b'{"pid": "X"}' for row in claimed)
+    assert len(claimed) == (1 if backend.name == "postgresql" else 0)
 
 
 async def test_the_dump_check_finds_patient_data_when_not_encrypted(
@@ -361,6 +425,20 @@ async def test_one_keys_deliveries_stay_with_one_worker(workers: Workers) -> Non
     assert [d.order_key for d in claimed] == ["P1", "P1"]  # the key's later delivery joins its owner
     await first.update_delivery(DeliveryUpdate(older.delivery_ids[0], older.message_id, "a", "sent", 1, 0.0))
     assert all(d.order_key == "P2" for d in await second.claim_deliveries("lab", "a", 0, 10))
+
+
+async def test_dispatched_marks_skip_rows_another_transaction_holds(workers: Workers) -> None:
+    """Regression: the marks ran inside a group commit and waited for rows another worker's group
+    commit held while it processed them, which waited in turn (a deadlock between workers)."""
+    first, second, dsn = workers
+    held = await first.intake(record("D1", status="received", deliveries=[]))
+    free = await first.intake(record("D2", status="received", deliveries=[]))
+    async with await psycopg.AsyncConnection.connect(dsn) as other, other.transaction():
+        await other.execute("SELECT 1 FROM messages WHERE id = %s FOR UPDATE", (held.message_id,))
+        await asyncio.wait_for(second.mark_dispatched([held.message_id, free.message_id]), 30)
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        cur = await conn.execute("SELECT id, dispatched FROM messages ORDER BY id")
+        assert await cur.fetchall() == [(held.message_id, False), (free.message_id, True)]
 
 
 async def test_migrations_apply_once_and_retention_drops_final_months() -> None:

@@ -16,6 +16,7 @@ broker restart test sends a quarter of that.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import signal
 import time
@@ -108,7 +109,16 @@ def run_with(tmp_path: Path, messages: int, disrupt: Callable[[BusRun], None]) -
         pytest.xfail("known issue #9: per-patient order broken at a worker hand-over after kill -9")
     redelivered = sum(n - 1 for n in Counter(received).values())
     print(f"\nbus: {len(expected)} messages, {redelivered} delivered twice downstream")
+    print(guard_report(run.supervisor.logs()))
     return run
+
+
+def guard_report(logs: str) -> str:
+    """How often the send-time order guard stopped a delivery, and whether the queue held the older
+    delivery in memory then (engine/dispatch.py `_first_in_line`; ids only in those lines)."""
+    fired = [json.loads(line) for line in logs.splitlines() if '"delivery_out_of_line"' in line]
+    in_memory = sum(1 for entry in fired if entry.get("older_in_memory"))
+    return f"order guard fired {len(fired)} times (older delivery in the queue's memory: {in_memory})"
 
 
 def order_report(dsn: str, received: list[str]) -> str:

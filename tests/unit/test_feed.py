@@ -123,3 +123,18 @@ async def test_concurrent_consumers_never_get_an_item_twice_while_spilled() -> N
 
     await asyncio.gather(*(consumer() for _ in range(16)))
     assert sorted(handed, key=lambda s: int(s[1:])) == [f"m{i}" for i in range(1, 201)]
+
+
+async def test_an_item_given_back_comes_again_after_older_work_found_in_the_store() -> None:
+    store = FakeStore()
+    feed: Feed[str] = Feed(10, store.reload)
+    waiter = asyncio.create_task(feed.get())
+    await asyncio.sleep(0.01)  # the first reload found nothing: memory mode
+    assert not feed.spilled
+    store.open[4] = "m4"  # committed, never pushed (its pusher was cancelled)
+    store.commit(feed, 9)
+    assert await asyncio.wait_for(waiter, 1) == "m9"
+    assert feed.holds(9) and not feed.holds(4)
+    feed.give_back(9)
+    assert not feed.holds(9)
+    assert await drain(feed, store, 2) == ["m4", "m9"]
