@@ -81,19 +81,9 @@ class Matcher:
         self.thresholds = thresholds
 
     def pairs(self, q: Columns) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        """All (query row, register row) candidate pairs from blocking."""
-        qi: list[npt.NDArray[np.intp]] = []
-        ri: list[npt.NDArray[np.intp]] = []
+        """All (query row, register row) candidate pairs from blocking, by query then row."""
         keys, of = query_keys(q)
-        order = np.argsort(of, kind="stable")
-        keys, bounds = keys[order], np.searchsorted(of[order], np.arange(len(q) + 1))
-        for i in range(len(q)):
-            rows = self.index.candidates(keys[bounds[i] : bounds[i + 1]])
-            qi.append(np.full(len(rows), i, dtype=np.intp))
-            ri.append(rows)
-        if not ri:
-            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
-        return np.concatenate(qi), np.concatenate(ri)
+        return self.index.candidates_many(keys, of)
 
     def shortlist(self, q: Columns) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         """Blocked pairs cut to each query's `SHORTLIST` best by the cheap comparison.
