@@ -24,7 +24,7 @@ import numpy.typing as npt
 from rapidfuzz.distance import JaroWinkler
 
 from engine.mpi.columns import Columns
-from engine.mpi.compare import FIELD_INDEX, FIELDS, Levels
+from engine.mpi.compare import FIELD_INDEX, FIELDS, Levels, member
 from engine.mpi.normalize import Norm
 
 Value = bytes | int
@@ -81,13 +81,6 @@ def _typo_array(a: bytes, width: int, as_int: bool) -> npt.NDArray[np.generic]:
     """typo_strings sorted, as ints or as byte strings of their own width (never cut)."""
     typos = sorted(typo_strings(a, width))
     return np.array(sorted(int(t) for t in typos), dtype=np.int64) if as_int else np.array(typos)
-
-
-def _member(values: npt.NDArray[np.generic], sorted_set: npt.NDArray[np.generic]) -> npt.NDArray[np.bool_]:
-    """values[k] in sorted_set, for each k (a binary search: cheaper than np.isin's sort)."""
-    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
-    found: npt.NDArray[np.bool_] = sorted_set[at] == values
-    return found
 
 
 # -- cheap comparison: one query against many rows (numpy, the query's values as scalars) ------
@@ -148,7 +141,7 @@ def date_levels_many(a: int, dates: npt.NDArray[np.generic]) -> Levels:
     yb, mb, db = b // 10000, (b // 100) % 100, b % 100
     out = np.full(len(b), 4, dtype=np.int8)
     out[(yb == ya).astype(int) + (mb == ma) + (db == da) >= 2] = 3
-    out[_member(b, _typo_array(b"%08d" % a, 8, True))] = 2
+    out[member(b, _typo_array(b"%08d" % a, 8, True))] = 2
     if ma != da:
         out[b == _swap(a)] = 1
     unknown = (yb == ya) if (ma == 0 or da == 0) else ((mb == 0) | (db == 0)) & (yb == ya)
@@ -165,7 +158,7 @@ def postcode_levels_many(a: Value, postcodes: npt.NDArray[np.generic]) -> Levels
         return np.full(len(postcodes), -1, dtype=np.int8)
     out = np.full(len(postcodes), 2, dtype=np.int8)
     if a.isdigit() and len(a) <= 8:
-        out[_member(postcodes, _typo_array(a, len(a), False))] = 1
+        out[member(postcodes, _typo_array(a, len(a), False))] = 1
     out[postcodes == a] = 0
     out[postcodes == b""] = -1
     return out
