@@ -147,9 +147,9 @@ class Matcher:
         index = self.index
         ids, twins = index.ids[rows].tolist(), index.cols["twin"][rows].tolist()
         found = [
-            Candidate(ids[k], float(scores[k]), lv[k].tolist(), bool(twins[k]))
-            for k in range(len(rows))
-            if ids[k] not in excluded
+            Candidate(i, score, levels, bool(twin))
+            for i, score, levels, twin in zip(ids, scores.tolist(), lv.tolist(), twins, strict=True)
+            if i not in excluded
         ]
         return found[:TOP]
 
