@@ -25,7 +25,7 @@ from engine.mpi.index import RegisterIndex
 from engine.mpi.matcher import Decision, Matcher
 from engine.mpi.model import Traits, problems
 from engine.mpi.normalize import normalize
-from engine.mpi.scoring import Scorer
+from engine.mpi.scoring import Scorer, Weights
 from engine.mpi.settings import ThresholdSettings
 
 Sample = tuple[Matcher, list[Traits]]
@@ -170,3 +170,17 @@ def test_comparisons_agree_on_every_field_of_misspelt_copies() -> None:
     assert np.array_equal(one, levels(q, register, rows, rows))
     for field in ("family", "given", "street", "city"):  # every level is reached
         assert set(one[:, FIELD_INDEX[field]].tolist()) >= set(range(len(FIELDS[field])))
+
+
+def test_identities_added_after_the_build_are_found_by_both_paths() -> None:
+    """Rows upserted since the index build live in the overflow, looked up beside the packed keys."""
+    people = [
+        Traits(family="Weber", given="Anne", birth_date="19700101", sex="F", postcode="1234"),
+        Traits(family="Thill", given="Marc", birth_date="19650505", sex="M", postcode="4321"),
+    ]
+    index = RegisterIndex([1], [normalize(people[0])])
+    index.upsert(2, normalize(people[1]))
+    matcher = Matcher(index, Scorer(Weights()), ThresholdSettings().thresholds())
+    batch = matcher.decide(query_columns(people), [[], []])
+    single = [matcher.decide_single(normalize(t), []) for t in people]
+    assert [d.identity_id for d in batch] == [d.identity_id for d in single] == [1, 2]
