@@ -58,5 +58,13 @@ def estimate_weights(
 def decide_traits(
     matcher: Matcher, traits: Sequence[Traits], excluded: Sequence[set[int]] = ()
 ) -> list[Decision]:
+    """One decision per traits; one alone takes the single-query path (same decision, less
+    fixed cost)."""
+    if len(traits) == 1:
+        return [
+            matcher.decide_single(
+                normalize(traits[0]), problems(traits[0]), excluded[0] if excluded else set()
+            )
+        ]
     q = query_columns(traits)
     return matcher.decide(q, [problems(t) for t in traits], excluded)

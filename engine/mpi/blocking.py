@@ -26,6 +26,7 @@ the pair (and the cheap shortlist in the matcher bounds what is compared in full
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 
@@ -33,6 +34,7 @@ import numpy as np
 import numpy.typing as npt
 
 from engine.mpi.columns import Columns
+from engine.mpi.normalize import Norm
 
 MAX_BLOCK = 400
 Arr = npt.NDArray[np.generic]
@@ -157,6 +159,104 @@ SCHEMES: dict[str, Callable[[_Hashes], Keyed]] = {
 KeyRows = tuple[npt.NDArray[np.int64], npt.NDArray[np.intp]]
 
 
+# -- one query in pure Python: the same keys as query_keys, without ~40 small numpy calls ---------
+
+_MASK = (1 << 64) - 1
+_P = int(_PRIME)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _digest_cached(value: bytes) -> int:
+    return _digest(value)
+
+
+def _mix_one(tag: int, *parts: int) -> int:
+    """`_mix` of one record: the same multiply-xor on Python ints, wrapped to 64 bits."""
+    h = (tag * _MIX) & _MASK
+    for part in parts:
+        h = ((h ^ (part & _MASK)) * _P) & _MASK
+        h ^= h >> 31
+    return h
+
+
+def _hashed(v: dict[str, bytes]) -> dict[str, int]:
+    return {name: _digest_cached(value) for name, value in v.items() if value}
+
+
+def _name_keys(h: dict[str, int], dob: int) -> list[int]:
+    """Schemes name_year, name_mmdd, names and post_family of one record (hashed values `h`)."""
+    keys = []
+    for p in NAMES:
+        if p not in h:
+            continue
+        if dob:
+            keys.append(_mix_one(2, h[p], dob // 10000))
+        if dob % 10000:
+            keys.append(_mix_one(3, h[p], dob % 10000))
+        if "p_given" in h:
+            keys.append(_mix_one(4, h["p_given"], h[p]))
+        if "postcode" in h:
+            keys.append(_mix_one(5, h["postcode"], h[p]))
+    return keys
+
+
+def _dob_keys(dob: int) -> list[int]:
+    return [_mix_one(1, dob)] if dob % 100 and (dob // 100) % 100 else []
+
+
+def _other_keys(v: dict[str, bytes], h: dict[str, int]) -> list[int]:
+    """Schemes post_given, street_house, street_post, given_prefix, family_house, matricule."""
+    keys = [_mix_one(6, h["postcode"], h["p_given"])] if "postcode" in h and "p_given" in h else []
+    for s in ("street", "street2"):
+        if s in h and "house" in h:
+            keys.append(_mix_one(7, h[s], h["house"]))
+        if s in h and "postcode" in h:
+            keys.append(_mix_one(8, h[s], h["postcode"]))
+    if "given1" in h and len(v["family"]) >= 3:
+        keys.append(_mix_one(9, h["given1"], _digest_cached(v["family"][:3])))
+    if "family" in h and "house" in h:
+        keys.append(_mix_one(10, h["family"], h["house"]))
+    if "matricule" in h:
+        keys.append(_mix_one(11, h["matricule"]))
+    return keys
+
+
+_KEYED = (
+    "family",
+    "given1",
+    "matricule",
+    "house",
+    "street",
+    "street2",
+    "postcode",
+    "p_family",
+    "p_birth",
+    "p_given",
+)
+
+
+def as_bytes(value: str) -> bytes:
+    """A normalized string as the columns hold it (`columns.column`)."""
+    return value.encode("ascii", "replace")
+
+
+def one_query_keys(norm: Norm) -> list[int]:
+    """The keys `query_keys` gives for this one record, as unsigned 64-bit ints (maybe repeated):
+    its own, its names the wrong way round, its birth date with day and month swapped.
+    Contract: the same set as `query_keys` (tests/unit/test_mpi_single_path.py); a change to a
+    scheme above must be made here too."""
+    v = {name: as_bytes(getattr(norm, name)) for name in _KEYED}
+    h, dob = _hashed(v), norm.dob
+    keys = _dob_keys(dob) + _name_keys(h, dob) + _other_keys(v, h)
+    if "p_given" in h and "p_family" in h:
+        swapped = {**v, "p_family": v["p_given"], "p_given": v["p_family"], "p_birth": b""}
+        keys += _name_keys(_hashed(swapped), dob)
+    swap = (dob // 10000) * 10000 + (dob % 100) * 100 + (dob // 100) % 100
+    if dob and swap != dob and dob % 100 <= 12:
+        keys += _dob_keys(swap)
+    return keys
+
+
 def _collect(keyed: Keyed) -> KeyRows:
     keys: list[npt.NDArray[np.int64]] = []
     rows: list[npt.NDArray[np.intp]] = []
@@ -207,6 +307,15 @@ def _short(keys: npt.NDArray[np.int64]) -> U64:
     return result
 
 
+def _distinct(values: U64) -> U64:
+    """np.unique by a sort (numpy 2's np.unique hashes: ~20 times slower on these arrays)."""
+    values = np.sort(values)
+    keep = np.ones(len(values), dtype=np.bool_)
+    keep[1:] = values[1:] != values[:-1]
+    result: U64 = values[keep]
+    return result
+
+
 class BlockIndex:
     """One sorted array of packed (key, row) entries over all schemes, plus an overflow for rows
     added since. Packing halves the build's peak memory (an in-place sort of one array instead
@@ -234,18 +343,33 @@ class BlockIndex:
 
     def lookup(self, keys: npt.NDArray[np.int64]) -> npt.NDArray[np.intp]:
         """Distinct rows sharing at least one key (blocks over MAX_BLOCK rows skipped)."""
-        parts: list[U64] = []
-        short = _short(keys)
+        return self.lookup_many(keys, np.zeros(len(keys), dtype=np.intp))[1]
+
+    def lookup_many(
+        self, keys: npt.NDArray[np.int64], of: npt.NDArray[np.intp]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """(query, row) pairs, distinct and sorted by query then row, of every row sharing a key
+        with a query; `of[k]` is the query of keys[k]. `lookup` per query, in a few array calls:
+        each key's block is a slice [lo, hi) of the packed array, expanded with one repeat."""
+        order = np.argsort(keys, kind="stable")  # sorted probes: the binary searches share cache lines
+        short, of = _short(keys[order]), of[order]
         lo = np.searchsorted(self.packed, short << _SHIFT, side="left")
         hi = np.searchsorted(self.packed, (short << _SHIFT) | _ROW_MASK, side="right")
-        for a, b in zip(lo.tolist(), hi.tolist(), strict=True):
-            if a < b <= a + MAX_BLOCK:
-                parts.append(self.packed[a:b])
-        rows = np.concatenate(parts) & _ROW_MASK if parts else np.zeros(0, dtype=np.uint64)
+        size = hi - lo
+        kept = (size > 0) & (size <= MAX_BLOCK)
+        lo, size, owner = lo[kept], size[kept], of[kept].astype(np.uint64)
+        first = np.cumsum(size) - size  # where each block starts in the expanded arrays
+        at = np.arange(int(size.sum())) - np.repeat(first - lo, size)
+        pairs = (np.repeat(owner, size) << _SHIFT) | (self.packed[at] & _ROW_MASK)
         if self.overflow:
-            extra = [r for k in short.tolist() for r in self.overflow.get(k, ())]
-            rows = np.concatenate([rows, np.array(extra, dtype=np.uint64)])
-        return np.unique(rows).astype(np.intp)
+            extra = [
+                (q << ROW_BITS) | r
+                for k, q in zip(short.tolist(), of.tolist(), strict=True)
+                for r in self.overflow.get(k, ())
+            ]
+            pairs = np.concatenate([pairs, np.array(extra, dtype=np.uint64)])
+        pairs = _distinct(pairs)
+        return (pairs >> _SHIFT).astype(np.intp), (pairs & _ROW_MASK).astype(np.intp)
 
     def nbytes(self) -> int:
         return int(self.packed.nbytes)

@@ -4,6 +4,10 @@
 returns an int8 matrix (pairs x FIELDS): 0 is the strongest agreement, higher levels weaker,
 the last level disagreement, and -1 "missing on either side" (which weighs nothing). String
 similarities are Jaro-Winkler (rapidfuzz, in C, one call per field for all pairs).
+
+compare_one.py mirrors these comparisons for a single query (the single-resolve path): **any
+change to a comparison here must be made there too** (tests/unit/test_mpi_single_path.py
+compares both on real samples).
 """
 
 from __future__ import annotations
@@ -105,13 +109,35 @@ def _digits(d: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
 
 
 def one_typo(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
-    """Same digit strings but for one digit, or two adjacent digits transposed."""
-    da, db = _digits(a), _digits(b)
+    """Same digit strings (the last eight digits) but for one digit, or two adjacent digits
+    transposed. Only pairs whose difference could come from such an error are split into digits
+    (most pairs differ by far more)."""
+    result = np.zeros(len(a), dtype=np.bool_)
+    maybe = np.flatnonzero(member(np.abs(a % 10**8 - b % 10**8), _TYPO_DIFFERENCES))
+    if len(maybe):
+        result[maybe] = digit_typo(_digits(a[maybe]), _digits(b[maybe]))
+    return result
+
+
+def digit_typo(da: npt.NDArray[np.generic], db: npt.NDArray[np.generic]) -> npt.NDArray[np.bool_]:
+    """Rows of two digit (or byte) matrices equal but for one place, or two adjacent places swapped."""
     diff = da != db
     count = diff.sum(axis=1)
     swapped = (da[:, :-1] == db[:, 1:]) & (da[:, 1:] == db[:, :-1]) & diff[:, :-1]
     result: npt.NDArray[np.bool_] = (count == 1) | ((count == 2) & swapped.any(axis=1))
     return result
+
+
+# |a - b| when a and b differ in one digit (d * 10**k) or by two adjacent digits swapped
+# (9 * d * 10**k): a necessary condition for one_typo, checked first because it is cheap.
+_TYPO_DIFFERENCES = np.unique([m * d * 10**k for m in (1, 9) for d in range(1, 10) for k in range(8)])
+
+
+def member(values: npt.NDArray[np.generic], sorted_set: npt.NDArray[np.generic]) -> npt.NDArray[np.bool_]:
+    """values[k] in sorted_set, for each k (a binary search: cheaper than np.isin's sort)."""
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    found: npt.NDArray[np.bool_] = sorted_set[at] == values
+    return found
 
 
 def date_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
@@ -153,18 +179,35 @@ def city_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
 
 
 def postcode_levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:
-    a: npt.NDArray[np.bytes_] = q["postcode"][qi]  # type: ignore[assignment]
-    b: npt.NDArray[np.bytes_] = r["postcode"][ri]  # type: ignore[assignment]
+    a, b = q["postcode"][qi], r["postcode"][ri]
     out = np.full(len(a), 2, dtype=np.int8)
-    numeric = np.char.isdigit(a) & np.char.isdigit(b) & (np.char.str_len(a) == np.char.str_len(b))
-    numeric &= np.char.str_len(a) <= 8
-    if numeric.any():
-        ia = np.where(numeric, a, b"0").astype(np.int64)
-        ib = np.where(numeric, b, b"0").astype(np.int64)
-        out[numeric & one_typo(ia, ib)] = 1
+    differ = np.flatnonzero(a != b)
+    ba, bb = _byte_matrix(a[differ]), _byte_matrix(b[differ])
+    width = max(ba.shape[1], bb.shape[1])
+    ba, bb = _pad(ba, width), _pad(bb, width)
+    length = (ba != 0).sum(axis=1)
+    numeric = _digits_only(ba) & _digits_only(bb) & (length == (bb != 0).sum(axis=1)) & (length <= 8)
+    out[differ[numeric & digit_typo(ba, bb)]] = 1  # equal lengths: the NUL padding lines up
     out[a == b] = 0
     out[_missing(a, b)] = -1
     return out
+
+
+def _byte_matrix(values: npt.NDArray[np.generic]) -> npt.NDArray[np.uint8]:
+    """Fixed-width byte strings as a (rows x width) matrix of bytes (NUL-padded)."""
+    width = values.dtype.itemsize
+    return np.frombuffer(np.ascontiguousarray(values).tobytes(), dtype=np.uint8).reshape(len(values), width)
+
+
+def _pad(m: npt.NDArray[np.uint8], width: int) -> npt.NDArray[np.uint8]:
+    return m if m.shape[1] == width else np.pad(m, ((0, 0), (0, width - m.shape[1])))
+
+
+def _digits_only(m: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    """Non-empty and nothing but ASCII digits before the padding (bytes.isdigit)."""
+    digit = (m >= ord("0")) & (m <= ord("9"))
+    result: npt.NDArray[np.bool_] = (digit | (m == 0)).all(axis=1) & digit[:, 0]
+    return result
 
 
 def levels(q: Columns, r: Columns, qi: Ints, ri: Ints) -> Levels:

@@ -103,5 +103,13 @@ class RegisterIndex:
         rows = self.blocks.lookup(keys)
         return rows[self.active[rows]] if len(rows) else rows
 
+    def candidates_many(
+        self, keys: npt.NDArray[np.int64], of: npt.NDArray[np.intp]
+    ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+        """(query, active row) pairs sorted by query then row; `of[k]` is the query of keys[k]."""
+        qi, ri = self.blocks.lookup_many(keys, of)
+        keep = self.active[ri]
+        return qi[keep], ri[keep]
+
     def nbytes(self) -> int:
         return self.cols.nbytes() + self.blocks.nbytes() + self.ids.nbytes + self.family_freq.nbytes

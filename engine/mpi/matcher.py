@@ -10,21 +10,29 @@ thresholds:
   review   score >= review threshold but not linkable, or the query is malformed/incomplete
   new      nothing scores as high as the review threshold
 The known-local-id fast path lives in the service (it needs storage).
+
+`decide_single(norm)` decides one query on its own path (pure-Python keys and full comparison,
+compare_one.py) with exactly the candidates, scores and decision `decide` gives that query: the
+same shortlist (cheap score, ties by register row) and the same final order (score, then
+register row, whatever else is in the batch).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from engine.mpi.blocking import query_keys
+from engine.mpi.blocking import one_query_keys, query_keys
 from engine.mpi.columns import Columns
-from engine.mpi.compare import FIELD_INDEX, cheap_levels, levels
+from engine.mpi.compare import FIELD_INDEX, Levels, cheap_levels, levels
+from engine.mpi.compare_one import cheap_levels_one, levels_many, query_values
 from engine.mpi.guards import guard_reasons
 from engine.mpi.index import RegisterIndex
+from engine.mpi.normalize import Norm
 from engine.mpi.scoring import Scorer
 
 TOP = 5  # candidates kept with a decision (shown in review)
@@ -73,19 +81,9 @@ class Matcher:
         self.thresholds = thresholds
 
     def pairs(self, q: Columns) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
-        """All (query row, register row) candidate pairs from blocking."""
-        qi: list[npt.NDArray[np.intp]] = []
-        ri: list[npt.NDArray[np.intp]] = []
+        """All (query row, register row) candidate pairs from blocking, by query then row."""
         keys, of = query_keys(q)
-        order = np.argsort(of, kind="stable")
-        keys, bounds = keys[order], np.searchsorted(of[order], np.arange(len(q) + 1))
-        for i in range(len(q)):
-            rows = self.index.candidates(keys[bounds[i] : bounds[i + 1]])
-            qi.append(np.full(len(rows), i, dtype=np.intp))
-            ri.append(rows)
-        if not ri:
-            return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
-        return np.concatenate(qi), np.concatenate(ri)
+        return self.index.candidates_many(keys, of)
 
     def shortlist(self, q: Columns) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
         """Blocked pairs cut to each query's `SHORTLIST` best by the cheap comparison.
@@ -125,24 +123,50 @@ class Matcher:
         qi, ri = self.shortlist(q)
         lv = levels(q, index.cols, qi, ri)
         scores = self.scorer.score(lv, index.family_freq[ri])
-        order = np.lexsort((-scores, qi))
+        order = np.lexsort((ri, -scores, qi))  # equal scores: by register row (as decide_single)
         starts = np.searchsorted(qi[order], np.arange(len(q) + 1))
-        twins = index.cols["twin"]
         decisions = []
         for i in range(len(q)):
             sel = order[starts[i] : starts[i + 1]][: TOP + 8]
-            found = [
-                Candidate(int(index.ids[ri[k]]), float(scores[k]), lv[k].tolist(), bool(twins[ri[k]]))
-                for k in sel
-            ]
-            if i < len(excluded) and excluded[i]:
-                found = [c for c in found if c.identity_id not in excluded[i]]
+            found = self._candidates(
+                ri[sel], scores[sel], lv[sel], excluded[i] if i < len(excluded) else set()
+            )
             decisions.append(
-                self.decide_one(
-                    found[:TOP], bool(q["twin"][i]), list(problems[i]) if i < len(problems) else []
-                )
+                self.decide_one(found, bool(q["twin"][i]), list(problems[i]) if i < len(problems) else [])
             )
         return decisions
+
+    def _candidates(
+        self,
+        rows: npt.NDArray[np.intp],
+        scores: npt.NDArray[np.float64],
+        lv: Levels,
+        excluded: AbstractSet[int],
+    ) -> list[Candidate]:
+        """The `TOP` best of one query's ranked candidates, without those known to be others."""
+        index = self.index
+        ids, twins = index.ids[rows].tolist(), index.cols["twin"][rows].tolist()
+        found = [
+            Candidate(i, score, levels, bool(twin))
+            for i, score, levels, twin in zip(ids, scores.tolist(), lv.tolist(), twins, strict=True)
+            if i not in excluded
+        ]
+        return found[:TOP]
+
+    def decide_single(
+        self, norm: Norm, problems: list[str], excluded: AbstractSet[int] = frozenset()
+    ) -> Decision:
+        """The decision `decide` gives for this one query, on the single-query path."""
+        index, q = self.index, query_values(norm)
+        rows = index.candidates(np.array(one_query_keys(norm), dtype=np.uint64).view(np.int64))
+        if len(rows) > SHORTLIST:
+            pre = self.scorer.score(cheap_levels_one(q, index.cols, rows), index.family_freq[rows])
+            rows = rows[np.argsort(-pre, kind="stable")[:SHORTLIST]]
+        lv = levels_many(q, index.cols, rows)
+        scores = self.scorer.score(lv, index.family_freq[rows])
+        sel = np.lexsort((rows, -scores))[: TOP + 8]
+        found = self._candidates(rows[sel], scores[sel], lv[sel], excluded)
+        return self.decide_one(found, bool(norm.twin), list(problems))
 
     def decide_one(self, found: list[Candidate], query_twin: bool, problems: list[str]) -> Decision:
         """Decision from the ranked candidates of one query (best first)."""

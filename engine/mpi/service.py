@@ -20,7 +20,7 @@ import numpy as np
 import structlog
 
 from engine.contracts import BuildContext
-from engine.mpi.batch import query_columns
+from engine.mpi.batch import decide_traits, query_columns
 from engine.mpi.compare import FIELDS, levels
 from engine.mpi.index import RegisterIndex
 from engine.mpi.matcher import Decision, Matcher
@@ -167,10 +167,9 @@ class Mpi:
         decisions: dict[int, Decision] = {}
         if todo:
             matcher = self.matcher()
-            q = query_columns([items[k].traits for k in todo])
             excluded = [self._distinct(items[k]) for k in todo]
-            probs = [problems(items[k].traits) for k in todo]
-            decisions = dict(zip(todo, matcher.decide(q, probs, excluded), strict=True))
+            found = decide_traits(matcher, [items[k].traits for k in todo], excluded)
+            decisions = dict(zip(todo, found, strict=True))
         results = []
         for k, item in enumerate(items):
             decision = known[k] or decisions[k]
