@@ -110,10 +110,13 @@ def run_with(tmp_path: Path, messages: int, disrupt: Callable[[BusRun], None]) -
 
 def guard_report(logs: str) -> str:
     """How often the send-time order guard stopped a delivery, and whether the queue held the older
-    delivery in memory then (engine/dispatch.py `_first_in_line`; ids only in those lines)."""
+    delivery in memory then (engine/dispatch.py `_first_in_line`; ids only in those lines); how
+    often a consumer giving up a partition left its batch committing on its own."""
     fired = [json.loads(line) for line in logs.splitlines() if '"delivery_out_of_line"' in line]
     in_memory = sum(1 for entry in fired if entry.get("older_in_memory"))
-    return f"order guard fired {len(fired)} times (older delivery in the queue's memory: {in_memory})"
+    timeouts = sum(1 for line in logs.splitlines() if '"bus_consumer_stop_timeout"' in line)
+    return (f"order guard fired {len(fired)} times (older delivery in the queue's memory: {in_memory});"
+            f" consumer stops that timed out: {timeouts}")
 
 
 def order_report(dsn: str, received: list[str]) -> str:
