@@ -215,10 +215,19 @@ class DestinationQueue:
         # Ids only: an order key may be a patient id.
         log.warning("delivery_out_of_line", channel=self.channel, destination=self.name,
                     delivery=work.delivery_id, open_before=older, older_in_memory=self.feed.holds(older),
-                    given_back=len(line))
+                    older_where=self._where(older, line), newer_from="store" if work.message is None
+                    else "offer", given_back=len(line))
         for item in line:
             self._held.release()
             self.feed.give_back(item.delivery_id)
+
+    def _where(self, delivery_id: int, line: list[Work]) -> str:
+        """Where this queue holds a delivery (diagnostics of the order guard)."""
+        if not self.feed.holds(delivery_id):
+            return "store only"
+        if any(w.delivery_id == delivery_id for w in line):
+            return "waiting behind it"
+        return "queued" if self.feed.queued(delivery_id) else "taken elsewhere"
 
     async def _attempt(self, work: Work) -> None:
         """Send once and hand the outcome to the committer (the attempt stays in flight until then)."""

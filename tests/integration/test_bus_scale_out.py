@@ -115,8 +115,9 @@ def guard_report(logs: str) -> str:
     fired = [json.loads(line) for line in logs.splitlines() if '"delivery_out_of_line"' in line]
     in_memory = sum(1 for entry in fired if entry.get("older_in_memory"))
     timeouts = sum(1 for line in logs.splitlines() if '"bus_consumer_stop_timeout"' in line)
-    return (f"order guard fired {len(fired)} times (older delivery in the queue's memory: {in_memory});"
-            f" consumer stops that timed out: {timeouts}")
+    where = Counter(f"{e.get('older_where')}/{e.get('newer_from')}" for e in fired)
+    return (f"order guard fired {len(fired)} times (older delivery in the queue's memory: {in_memory};"
+            f" older where/newer from: {dict(where)}); consumer stops that timed out: {timeouts}")
 
 
 def order_report(dsn: str, received: list[str]) -> str:
