@@ -19,7 +19,9 @@ is treated as retryable so the message is not lost, with the error type logged.
 
 With a store shared by several processes, a queue runs only the deliveries its worker owns:
 reloads are claim scans (`Store.claim_deliveries`), repeated every `store.rescan_interval` to
-take over a dead worker's deliveries and keys released by others (store/base.py).
+take over a dead worker's deliveries and keys released by others (store/base.py). Before each
+keyed attempt it checks in the store that no older delivery of the key is still open (the order
+guard, `_first_in_line`); if one is, the key's line goes back to the store for the claim scans.
 """
 
 from __future__ import annotations
@@ -188,9 +190,10 @@ class DestinationQueue:
     async def _first_in_line(self, work: Work) -> bool:
         """The order guard of a shared store: a keyed delivery is sent only when no older one of its
         key is still open in the store. The queue's memory can be wrong there (work of several
-        processes meets in the store; docs/design-notes.md, "The work bus"); when it is, the key's
-        line goes back to the store and claim scans hand it out again in id order. One store read
-        per keyed attempt; a single-process store's memory holds all its work, so it is not asked."""
+        processes meets in the store; docs/design-notes.md, "Delivery order across workers"); when
+        it is, the key's line goes back to the store and claim scans hand it out again in id order.
+        One store read per keyed attempt; a single-process store's memory holds all its work, so
+        it is not asked."""
         if not (self.store.shared and self.config.order_by and work.order_key):
             return True
         try:
@@ -212,10 +215,19 @@ class DestinationQueue:
         # Ids only: an order key may be a patient id.
         log.warning("delivery_out_of_line", channel=self.channel, destination=self.name,
                     delivery=work.delivery_id, open_before=older, older_in_memory=self.feed.holds(older),
-                    given_back=len(line))
+                    older_where=self._where(older, line), newer_from="store" if work.message is None
+                    else "offer", given_back=len(line))
         for item in line:
             self._held.release()
             self.feed.give_back(item.delivery_id)
+
+    def _where(self, delivery_id: int, line: list[Work]) -> str:
+        """Where this queue holds a delivery (diagnostics of the order guard)."""
+        if not self.feed.holds(delivery_id):
+            return "store only"
+        if any(w.delivery_id == delivery_id for w in line):
+            return "waiting behind it"
+        return "queued" if self.feed.queued(delivery_id) else "taken elsewhere"
 
     async def _attempt(self, work: Work) -> None:
         """Send once and hand the outcome to the committer (the attempt stays in flight until then)."""

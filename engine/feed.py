@@ -87,6 +87,10 @@ class Feed(Generic[T]):
         """Whether the item is in memory or taken and not done (diagnostics)."""
         return item_id in self._known
 
+    def queued(self, item_id: int) -> bool:
+        """Whether the item waits in memory, not taken yet (diagnostics: a linear search)."""
+        return any(i == item_id for i, _ in self._items)
+
     def rescan(self) -> None:
         """Look at the store again from the first id (claims: see the module docstring)."""
         self._rescan = True

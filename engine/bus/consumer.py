@@ -75,8 +75,13 @@ class PartitionConsumer:
         could commit a later message of a key before this batch's commits (order lost)."""
         self._inbox.put_nowait(None)
         if self._task is not None:
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._task), timeout)
+                except TimeoutError:
+                    # The batch's commit goes on by itself (Processor.finish_all); unacked, its ids
+                    # come back to the partition's next consumer, which finds them processed.
+                    log.warning("bus_consumer_stop_timeout", queue=self.queue, seconds=timeout)
         if self._channel is not None:
             self._channel.close()
         if self._task is not None:

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from tests.integration.test_scale_out import (
     SENDERS,
@@ -102,11 +101,7 @@ def run_with(tmp_path: Path, messages: int, disrupt: Callable[[BusRun], None]) -
     except AssertionError:
         print(order_report(run.dsn, received))
         print("\n".join(line for line in run.supervisor.logs().splitlines() if '"info"' not in line))
-        # KNOWN BUG, issue #9 left open: after a worker is killed, a patient's later delivery can
-        # be sent before earlier ones handed over from the dead worker (about 1 run in 4; nothing
-        # lost, nothing done twice: asserted above, those fail hard). Reported as XFAIL in every
-        # run's summary with the store's rows above, never silently; remove once fixed.
-        pytest.xfail("known issue #9: per-patient order broken at a worker hand-over after kill -9")
+        raise
     redelivered = sum(n - 1 for n in Counter(received).values())
     print(f"\nbus: {len(expected)} messages, {redelivered} delivered twice downstream")
     print(guard_report(run.supervisor.logs()))
@@ -115,10 +110,14 @@ def run_with(tmp_path: Path, messages: int, disrupt: Callable[[BusRun], None]) -
 
 def guard_report(logs: str) -> str:
     """How often the send-time order guard stopped a delivery, and whether the queue held the older
-    delivery in memory then (engine/dispatch.py `_first_in_line`; ids only in those lines)."""
+    delivery in memory then (engine/dispatch.py `_first_in_line`; ids only in those lines); how
+    often a consumer giving up a partition left its batch committing on its own."""
     fired = [json.loads(line) for line in logs.splitlines() if '"delivery_out_of_line"' in line]
     in_memory = sum(1 for entry in fired if entry.get("older_in_memory"))
-    return f"order guard fired {len(fired)} times (older delivery in the queue's memory: {in_memory})"
+    timeouts = sum(1 for line in logs.splitlines() if '"bus_consumer_stop_timeout"' in line)
+    where = Counter(f"{e.get('older_where')}/{e.get('newer_from')}" for e in fired)
+    return (f"order guard fired {len(fired)} times (older delivery in the queue's memory: {in_memory};"
+            f" older where/newer from: {dict(where)}); consumer stops that timed out: {timeouts}")
 
 
 def order_report(dsn: str, received: list[str]) -> str:
