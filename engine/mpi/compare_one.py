@@ -30,23 +30,9 @@ from engine.mpi.normalize import Norm
 Value = bytes | int
 QueryValues = dict[str, Any]  # column name -> bytes (strings) or int (dob, sex, twin)
 Ints = npt.NDArray[np.intp]
-FULL = (
-    "family",
-    "birth",
-    "given",
-    "given1",
-    "dob",
-    "sex",
-    "matricule",
-    "house",
-    "street",
-    "street2",
-    "city",
-    "postcode",
-    "p_family",
-    "p_birth",
-    "p_given",
-)
+# The register columns a full comparison reads: every normalized field but the twin flag (the
+# guards read it), in Norm's order, which the row positions below (FAMILY ... P_GIVEN) follow.
+FULL = tuple(name for name in Norm.__slots__ if name != "twin")
 _similarity = JaroWinkler.normalized_similarity
 _f32 = np.float32
 

@@ -112,6 +112,21 @@ def _ferreira(sex: str, given: str = "") -> Traits:
     )
 
 
+def _schmit(given: str, multiple_birth: bool = False) -> Traits:
+    """A Schmit born 1962-07-14 at the twins' address (the register holds twins Paul and Pierre)."""
+    return Traits(
+        family="Schmit",
+        given=given,
+        birth_date="19620714",
+        sex="M",
+        house_number="3",
+        street="Avenue de la Gare",
+        postcode="1611",
+        city="Luxembourg",
+        multiple_birth=multiple_birth,
+    )
+
+
 @pytest.mark.parametrize(
     "traits, reason",
     [
@@ -141,17 +156,7 @@ def _ferreira(sex: str, given: str = "") -> Traits:
             id="twins-given-name-missing",
         ),
         pytest.param(
-            Traits(
-                family="Schmit",
-                given="Jacques",
-                birth_date="19620714",
-                sex="M",
-                house_number="3",
-                street="Avenue de la Gare",
-                postcode="1611",
-                city="Luxembourg",
-                multiple_birth=True,
-            ),
+            _schmit("Jacques", multiple_birth=True),
             "multiple birth",
             id="declared-twin-other-given-name",
         ),
@@ -171,17 +176,8 @@ def test_guard_rules_send_to_review_never_auto_link(mpi: Mpi, traits: Traits, re
 
 
 def test_each_twin_links_to_its_own_identity(mpi: Mpi) -> None:
-    base = dict(
-        family="Schmit",
-        birth_date="19620714",
-        sex="M",
-        house_number="3",
-        street="Avenue de la Gare",
-        postcode="1611",
-        city="Luxembourg",
-    )
-    paul = mpi.resolve(Incoming("LAB", "T3", Traits(given="Paul", **base)))  # type: ignore[arg-type]
-    pierre = mpi.resolve(Incoming("LAB", "T4", Traits(given="Pierre", **base)))  # type: ignore[arg-type]
+    paul = mpi.resolve(Incoming("LAB", "T3", _schmit("Paul")))
+    pierre = mpi.resolve(Incoming("LAB", "T4", _schmit("Pierre")))
     assert (paul.enterprise_id, pierre.enterprise_id) == (mpi.enterprise_id(5), mpi.enterprise_id(6))
 
 
