@@ -83,7 +83,10 @@ _CLAIMABLE = f"({{row}}.claimed_by = %(me)s OR NOT EXISTS ({_ALIVE}))"
 # looked up once per key (an index walk from the key's oldest open delivery), not once per
 # candidate: that made a scan quadratic in a key's backlog (9 s instead of 0.07 s for a worker's
 # own 5,000 deliveries of 16 keys; bench/claim_scan.py). The candidates' status is checked again
-# under their row lock.
+# under their row lock. `SKIP LOCKED` passes over a row another transaction holds for a moment; a
+# key's newer rows are then left for the next scan too (`passed_over`), or the queue would hold
+# them ahead of the skipped older one. A free row that left the open states since the scan's
+# snapshot (rechecked under its lock) holds its key's newer rows back the same way: one scan late.
 CLAIM_DELIVERIES = f"""
 WITH claimable AS MATERIALIZED (
     SELECT d.id, d.received_at, d.order_key FROM deliveries d
@@ -99,12 +102,20 @@ WITH claimable AS MATERIALIZED (
         ORDER BY o.id LIMIT 1) AS first_id
     FROM (SELECT DISTINCT order_key FROM claimable WHERE order_key <> '') k
 ), free AS MATERIALIZED (
-    SELECT c.id, c.received_at FROM claimable c LEFT JOIN blocked b ON b.order_key = c.order_key
+    SELECT c.id, c.received_at, c.order_key FROM claimable c LEFT JOIN blocked b ON b.order_key = c.order_key
     WHERE b.first_id IS NULL OR c.id < b.first_id
-), candidates AS (
-    SELECT d.id, d.received_at FROM free f JOIN deliveries d ON d.id = f.id AND d.received_at = f.received_at
+), locked AS MATERIALIZED (
+    SELECT d.id, d.received_at, d.order_key FROM free f
+    JOIN deliveries d ON d.id = f.id AND d.received_at = f.received_at
     WHERE d.status IN ('queued', 'retrying')
     ORDER BY d.id LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED
+), passed_over AS MATERIALIZED (
+    SELECT f.order_key, min(f.id) AS first_id FROM free f
+    WHERE f.order_key <> '' AND f.id NOT IN (SELECT k.id FROM locked k)  -- a hashed subplan: linear
+    GROUP BY f.order_key
+), candidates AS (
+    SELECT l.id, l.received_at FROM locked l LEFT JOIN passed_over p ON p.order_key = l.order_key
+    WHERE p.first_id IS NULL OR l.id < p.first_id
 ), taken AS (
     UPDATE deliveries x SET claimed_by = %(me)s FROM candidates c
     WHERE x.id = c.id AND x.received_at = c.received_at AND x.claimed_by IS DISTINCT FROM %(me)s

@@ -427,6 +427,24 @@ async def test_one_keys_deliveries_stay_with_one_worker(workers: Workers) -> Non
     assert all(d.order_key == "P2" for d in await second.claim_deliveries("lab", "a", 0, 10))
 
 
+async def test_a_claim_never_takes_a_keys_newer_delivery_past_an_older_one_it_skipped(
+    workers: Workers,
+) -> None:
+    """Regression (issue #9): the claim's `FOR UPDATE SKIP LOCKED` passed over a key's older open
+    delivery that another transaction held for a moment, and took the key's newer ones: the queue
+    then held the newer delivery ahead of the older one (the order guard had to hold it back)."""
+    first, _, dsn = workers
+    older = await first.intake(record(control_id="L1", deliveries=[NewDelivery("a", "P1")]))
+    newer = await first.intake(record(control_id="L2", deliveries=[NewDelivery("a", "P1")]))
+    other = await first.intake(record(control_id="L3", deliveries=[NewDelivery("a", "P2")]))
+    async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
+        await conn.execute("SELECT 1 FROM deliveries WHERE id = %s FOR UPDATE", (older.delivery_ids[0],))
+        claimed = await asyncio.wait_for(first.claim_deliveries("lab", "a", 0, 10), 30)
+        assert [d.id for d in claimed] == list(other.delivery_ids)  # P1 waits for its older delivery
+    after = await first.claim_deliveries("lab", "a", 0, 10)
+    assert [d.id for d in after] == [older.delivery_ids[0], newer.delivery_ids[0], other.delivery_ids[0]]
+
+
 async def test_dispatched_marks_skip_rows_another_transaction_holds(workers: Workers) -> None:
     """Regression: the marks ran inside a group commit and waited for rows another worker's group
     commit held while it processed them, which waited in turn (a deadlock between workers)."""
