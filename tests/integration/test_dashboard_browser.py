@@ -227,11 +227,14 @@ def test_the_api_refuses_anonymous_access(base: str, context: BrowserContext) ->
 def test_admin_sees_queues_dead_letters_and_the_audit_log(
     engine: EngineThread, base: str, context: BrowserContext
 ) -> None:
-    send(engine, "partner-feed", "PARTNER1")
-    send(engine, "lab-results", "ADMIN1")
     page = context.new_page()
     log_in(page, base, "ada")
     page.goto(f"{base}/queues")
+    send(engine, "partner-feed", "PARTNER1")
+    send(engine, "lab-results", "ADMIN1")
+    # Regression: the alert banner was live only on the overview and channel pages; on any other
+    # page it kept what the server rendered (here: no alert yet), so a dead letter raised no alert.
+    expect(page.get_by_test_id("alerts")).to_contain_text("dead-letters", timeout=20_000)
     dead = page.get_by_test_id("dead-letters")
     for _ in range(40):  # the dead letter appears once the single attempt failed
         if "PARTNER1" in dead.inner_text():
@@ -239,7 +242,6 @@ def test_admin_sees_queues_dead_letters_and_the_audit_log(
         page.wait_for_timeout(250)
         page.reload()
     expect(dead).to_contain_text("PARTNER1")
-    expect(page.get_by_test_id("alerts")).to_contain_text("dead-letters")
     screenshot(page, "queues")
     page.goto(f"{base}/channels/lab-results")
     screenshot(page, "channel")

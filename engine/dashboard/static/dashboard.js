@@ -65,7 +65,9 @@ function update(snapshot) {
 }
 
 function connect() {
-  if (!document.querySelector("[data-live]")) return;
+  // Every signed-in page shows the alert banner (base.html), so every one of them follows the live
+  // snapshot; the overview and channel pages also update their cards ([data-live]).
+  if (!document.getElementById("alerts")) return;
   const source = new EventSource("/events");
   source.onmessage = (event) => update(JSON.parse(event.data));
   source.onerror = () => {
