@@ -102,8 +102,7 @@ class PayloadCipher:
         per-key ordering holds; the database reveals nothing of the key. Empty stays empty (no order)."""
         if not clear:
             return ""
-        data = clear.encode("utf-8", "surrogateescape")
-        return hmac.new(self.order_secret, data, hashlib.sha256).digest()[:ORDER_DIGEST_BYTES].hex()
+        return keyed_digest(self.order_secret, clear.encode("utf-8", "surrogateescape"))
 
     def key_ids(self) -> list[bytes]:
         """The known key ids, the active one first."""
@@ -144,6 +143,12 @@ class PayloadCipher:
     def is_current(self, data: bytes | None) -> bool:
         """True when the value needs no re-encryption (absent, or under the active key)."""
         return data is None or data[: len(MAGIC) + KEY_ID_BYTES] == MAGIC + self.active
+
+
+def keyed_digest(secret: bytes, data: bytes) -> str:
+    """HMAC-SHA256 of `data` under `secret`, 128 bits, hex: what order keys and the components'
+    look-up columns store instead of a clear identifier."""
+    return hmac.new(secret, data, hashlib.sha256).digest()[:ORDER_DIGEST_BYTES].hex()
 
 
 def order_secret(key: bytes) -> bytes:

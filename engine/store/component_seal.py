@@ -20,8 +20,6 @@ clear, as before. An empty look-up value stays empty (it only says "absent").
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import sqlite3
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -30,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import StoreError
-from engine.store.cipher import ORDER_DIGEST_BYTES, PayloadCipher
+from engine.store.cipher import PayloadCipher, keyed_digest
 from engine.store.component_db import ComponentDatabase
 
 Stored = str | bytes | None
@@ -69,8 +67,7 @@ class ColumnSealer:
         if self.cipher is None or not clear:
             return clear
         data = where.encode() + b"\0" + clear.encode("utf-8", "surrogateescape")
-        key = secret if secret is not None else self.cipher.order_secret
-        return hmac.new(key, data, hashlib.sha256).digest()[:ORDER_DIGEST_BYTES].hex()
+        return keyed_digest(secret if secret is not None else self.cipher.order_secret, data)
 
     def lookup(self, clear: str, where: str) -> tuple[str, str | bytes | None]:
         """(column value, `<column>_sealed` value) to store for look-up value `clear`."""
