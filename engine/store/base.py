@@ -197,9 +197,10 @@ class Store(ABC):
     @abstractmethod
     async def intake(self, record: IntakeRecord) -> IntakeResult: ...
 
-    @abstractmethod
     async def processed(self, record: ProcessedRecord) -> tuple[int, ...]:
         """Store a received message's step outcome; returns the new delivery ids."""
+        [ids] = await self.processed_all([record])
+        return ids
 
     @abstractmethod
     async def processed_all(self, records: list[ProcessedRecord]) -> list[tuple[int, ...]]:

@@ -485,24 +485,6 @@ class PostgresStore(Store):
         )
         return result
 
-    async def processed(self, r: ProcessedRecord) -> tuple[int, ...]:
-        sealed = seal_processed(self.cipher, r)
-        params = (
-            r.message_id,
-            r.channel,
-            r.status,
-            r.findings,
-            sealed.transformed,
-            sealed.vars,
-            time.time(),
-            [d.destination for d in r.deliveries],
-            [d.order_key for d in r.deliveries],
-            self.worker_id,
-        )
-        sql = "SELECT passerelle_processed(%s, %s, %s, %s, %s, %s, %s, %s::text[], %s::text[], %s)"
-        ids: tuple[int, ...] = await self._write(Write(sql, params, lambda rows: tuple(rows[0][0])))
-        return ids
-
     async def processed_all(self, records: list[ProcessedRecord]) -> list[tuple[int, ...]]:
         """One statement (migration 0004), so a group commit re-run one write at a time keeps it whole."""
         if not records:

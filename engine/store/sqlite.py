@@ -247,11 +247,6 @@ class SqliteStore(Store):
         result: IntakeResult = await self._write(IntakeOp(seal_intake(self.cipher, record)))
         return result
 
-    async def processed(self, record: ProcessedRecord) -> tuple[int, ...]:
-        record = seal_processed(self.cipher, record)
-        ids: tuple[int, ...] = await self._write(lambda conn: processed_op(conn, record))
-        return ids
-
     async def processed_all(self, records: list[ProcessedRecord]) -> list[tuple[int, ...]]:
         sealed = [seal_processed(self.cipher, r) for r in records]
         ids: list[tuple[int, ...]] = await self._write(lambda conn: [processed_op(conn, r) for r in sealed])
