@@ -58,7 +58,8 @@ def query(event: str, qpd: str) -> bytes:
 
 def delivered(folder: Path) -> bytes:
     for _ in range(500):
-        files = sorted(folder.glob("*")) if folder.exists() else []
+        # Not the destination's `.NAME.tmp` while it is being written (read empty once: a failed run).
+        files = sorted(folder.glob("[!.]*")) if folder.exists() else []
         if files:
             return files[0].read_bytes()
         time.sleep(0.02)
