@@ -205,18 +205,21 @@ class DestinationQueue:
             return False
         if older is None:
             return True
-        self._give_back_line(work, older)
+        owner = "unknown"
+        with contextlib.suppress(StoreError):
+            owner = await self.store.delivery_owner(older)
+        self._give_back_line(work, older, owner)
         return False
 
-    def _give_back_line(self, work: Work, older: int) -> None:
+    def _give_back_line(self, work: Work, older: int, owner: str = "unknown") -> None:
         """`work` (its key's owner here) and the deliveries waiting behind it go back to the store."""
         line = [work, *self._waiting.pop(work.order_key, ())]
         self._owner.pop(work.order_key, None)
         # Ids only: an order key may be a patient id.
         log.warning("delivery_out_of_line", channel=self.channel, destination=self.name,
-                    delivery=work.delivery_id, open_before=older, older_in_memory=self.feed.holds(older),
+                    delivery=work.delivery_id, open_before=older, older_owner=owner,
                     older_where=self._where(older, line), newer_from="store" if work.message is None
-                    else "offer", given_back=len(line))
+                    else "offer", given_back=len(line), feed=self.feed.state())
         for item in line:
             self._held.release()
             self.feed.give_back(item.delivery_id)

@@ -87,6 +87,11 @@ class Feed(Generic[T]):
         """Whether the item is in memory or taken and not done (diagnostics)."""
         return item_id in self._known
 
+    def state(self) -> str:
+        """The reload state in one line (diagnostics): spilled or not, cursor, lowest dropped id."""
+        return f"spilled={self._spilled} cursor={self._cursor} min_dropped={self._min_dropped}" \
+            f" refilling={self._refilling}"
+
     def queued(self, item_id: int) -> bool:
         """Whether the item waits in memory, not taken yet (diagnostics: a linear search)."""
         return any(i == item_id for i, _ in self._items)

@@ -238,6 +238,12 @@ class Store(ABC):
         retrying) with an id below `before_id`, or None. A queue asks before sending a delivery
         with an order key: one key's deliveries go out in id order, whatever its memory says."""
 
+    async def delivery_owner(self, delivery_id: int) -> str:
+        """Who owns an open delivery (diagnostics of the order guard, ids only): "this worker",
+        "another live worker", "a dead worker", "nobody", or "closed" once it left the open
+        states. A single-process store owns all its work."""
+        return "this worker"
+
     @abstractmethod
     async def message(self, message_id: int) -> StoredMessage | None: ...
 

@@ -561,6 +561,16 @@ class PostgresStore(Store):
         rows = await self._execute(sql, (channel, destination, order_key, before_id))
         return int(rows[0][0]) if rows else None
 
+    async def delivery_owner(self, delivery_id: int) -> str:
+        sql = (
+            "SELECT CASE WHEN d.status NOT IN ('queued','retrying') THEN 'closed'"
+            " WHEN d.claimed_by IS NULL THEN 'nobody' WHEN d.claimed_by = %s THEN 'this worker'"
+            f" WHEN EXISTS ({_ALIVE.format(row='d')}) THEN 'another live worker' ELSE 'a dead worker' END"
+            " FROM deliveries d WHERE d.id = %s"
+        )
+        rows = await self._execute(sql, (self.worker_id, delivery_id))
+        return str(rows[0][0]) if rows else "closed"
+
     async def claim_deliveries(
         self, channel: str, destination: str, after_id: int, limit: int
     ) -> list[PendingDelivery]:

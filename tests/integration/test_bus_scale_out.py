@@ -113,11 +113,11 @@ def guard_report(logs: str) -> str:
     delivery in memory then (engine/dispatch.py `_first_in_line`; ids only in those lines); how
     often a consumer giving up a partition left its batch committing on its own."""
     fired = [json.loads(line) for line in logs.splitlines() if '"delivery_out_of_line"' in line]
-    in_memory = sum(1 for entry in fired if entry.get("older_in_memory"))
     timeouts = sum(1 for line in logs.splitlines() if '"bus_consumer_stop_timeout"' in line)
-    where = Counter(f"{e.get('older_where')}/{e.get('newer_from')}" for e in fired)
-    return (f"order guard fired {len(fired)} times (older delivery in the queue's memory: {in_memory};"
-            f" older where/newer from: {dict(where)}); consumer stops that timed out: {timeouts}")
+    where = Counter(f"{e.get('older_where')}/{e.get('older_owner')}/{e.get('newer_from')}" for e in fired)
+    details = "".join(f"\n  {e}" for e in fired)
+    return (f"order guard fired {len(fired)} times (older where/owner/newer from: {dict(where)});"
+            f" consumer stops that timed out: {timeouts}{details}")
 
 
 def order_report(dsn: str, received: list[str]) -> str:

@@ -100,6 +100,6 @@ async def test_a_newer_delivery_of_a_key_waits_for_an_older_one_the_queue_never_
     assert peer.sent == ["first", "second"]
     guard = [entry for entry in logs if entry["event"] == "delivery_out_of_line"]
     assert guard and guard[0]["delivery"] == newer and guard[0]["open_before"] == older
-    assert guard[0]["older_in_memory"] is False and guard[0]["older_where"] == "store only"
+    assert guard[0]["older_where"] == "store only" and guard[0]["older_owner"] == "this worker"
     assert guard[0]["newer_from"] == "offer"
     assert KEY not in repr(logs)
