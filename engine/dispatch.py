@@ -156,8 +156,19 @@ class DestinationQueue:
         self.meter.outcome("queued")
 
     async def _reload(self, after_id: int, limit: int) -> list[tuple[int, Work]]:
+        """A claim page, cut before the first delivery whose key has an older open delivery of this
+        worker that memory does not hold (`PendingDelivery.follows`): that one lies at or below the
+        cursor (committed after an earlier page passed its id, or offered while the feed was
+        spilled), so the next reload starts below it and brings both in id order. Handing the
+        newer one out first made the order guard hold it back in most kill-a-worker bus runs."""
         rows = await self.store.claim_deliveries(self.channel, self.name, after_id, limit)
-        return [(row.id, work_from_row(row)) for row in rows]
+        page: list[tuple[int, Work]] = []
+        for row in rows:
+            if row.follows and not self.feed.holds(row.follows):
+                self.feed.reload_from(row.follows)
+                break
+            page.append((row.id, work_from_row(row)))
+        return page
 
     # -- the worker loop -----------------------------------------------------------------------
 

@@ -12,6 +12,12 @@ missed: while spilled, a reload starts below the lowest dropped id, and the feed
 memory mode only after a reload during which nothing was dropped came back short.
 
 `give_back(id)` returns a taken item to the store (it is reloaded like a dropped one).
+`reload_from(id)`, from inside a reload, makes the next reload start below an item the store
+holds for this consumer but memory does not (as if it had been dropped).
+
+A reload that fails with StoreError (a claim chosen as a deadlock victim, a dropped connection)
+is logged and tried again after `retry_seconds`, from the first id (what it consumed of the
+cursor state is not known); it never reaches the consumers, whose tasks must not end.
 
 `rescan()` (a store shared by several processes) makes the next reload start again from the
 first id: work can become this worker's without being pushed (another worker died, or released
@@ -25,13 +31,20 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
+import structlog
+
+from engine.errors import StoreError
+
+log = structlog.get_logger("passerelle.feed")
+
 T = TypeVar("T")
 Reload = Callable[[int, int], Awaitable[list[tuple[int, T]]]]
 
 
 class Feed(Generic[T]):
-    def __init__(self, capacity: int, reload: Reload[T]) -> None:
+    def __init__(self, capacity: int, reload: Reload[T], retry_seconds: float = 1.0) -> None:
         self.capacity = capacity
+        self.retry_seconds = retry_seconds
         self._reload = reload
         self._items: deque[tuple[int, T]] = deque()
         self._urgent: deque[T] = deque()
@@ -76,6 +89,14 @@ class Feed(Generic[T]):
         self._known.discard(item_id)
         if self._finished_during_reload is not None:
             self._finished_during_reload.add(item_id)
+
+    def reload_from(self, item_id: int) -> None:
+        """An item not in memory must come before work a reload is reading (its reload function
+        found out): the next reload starts below it, as after a drop. Call it from inside the
+        reload function, which returns none of the page's items that must follow that one."""
+        self._spilled = True
+        self._drops += 1
+        self._min_dropped = item_id if self._min_dropped is None else min(self._min_dropped, item_id)
 
     def give_back(self, item_id: int) -> None:
         """An item taken but not run (a delivery found out of line): forget it and look at the
@@ -127,6 +148,11 @@ class Feed(Generic[T]):
         try:
             while self._spilled and not self._items and await self._refill():
                 pass
+        except StoreError as err:
+            # Store errors carry the database's reason, never message content: safe to log.
+            log.error("feed_reload_failed", error=str(err), retry_seconds=self.retry_seconds)
+            self.rescan()
+            await asyncio.sleep(self.retry_seconds)
         finally:
             self._refilling = False
             self._wakeup.set()

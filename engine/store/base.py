@@ -168,6 +168,10 @@ class PendingDelivery:
     attempts: int
     created_at: float
     next_attempt_at: float
+    follows: int = 0
+    """In a claim page: the newest older open delivery of the same key that this worker owns but
+    the page does not return (its id is at or below the page's cursor), or 0. The queue must not
+    run this delivery unless that one is in its memory (engine/dispatch.py, `_reload`)."""
 
 
 class Store(ABC):

@@ -82,14 +82,27 @@ _CLAIMABLE = f"({{row}}.claimed_by = %(me)s OR NOT EXISTS ({_ALIVE}))"
 # first blocking delivery: not this worker's, and at or below the cursor or a live worker's. It is
 # looked up once per key (an index walk from the key's oldest open delivery), not once per
 # candidate: that made a scan quadratic in a key's backlog (9 s instead of 0.07 s for a worker's
-# own 5,000 deliveries of 16 keys; bench/claim_scan.py). The candidates' status is checked again
-# under their row lock. `SKIP LOCKED` passes over a row another transaction holds for a moment; a
-# key's newer rows are then left for the next scan too (`passed_over`), or the queue would hold
-# them ahead of the skipped older one. A free row that left the open states since the scan's
-# snapshot (rechecked under its lock) holds its key's newer rows back the same way: one scan late.
+# own 5,000 deliveries of 16 keys; bench/claim_scan.py).
+# Locks: only rows taken over (unowned, or a dead worker's) are locked, and the scan waits for
+# them (`FOR UPDATE`, their state rechecked once the lock is granted; LIMIT applies after the
+# recheck, so a page shorter than asked still means "nothing more above it"). This worker's own
+# rows are returned without a lock: no other claim takes them from a live worker, and its own
+# committer is what holds them for a moment. Passing over locked rows (`SKIP LOCKED`) was wrong
+# twice: a key's newer rows overtook a skipped older one, and, once held back behind it, whole
+# pages came back empty while the committer wrote the outcomes of every line's head, which the
+# queue took for "nothing left" (issue #9; store contract tests). Claim scans of one queue run
+# one at a time (`_claim`'s advisory lock), so they never wait for each other's rows.
+# A page read from a cursor does not return this worker's own older deliveries at or below the
+# cursor, and its queue may not hold them (committed after an earlier page passed their ids). Each
+# row names the newest of them for its key (`behind`, `PendingDelivery.follows`): the queue holds
+# the row back unless that one is in its memory (engine/dispatch.py, `_reload`). The newest, not
+# the oldest: the oldest is usually the key's line in progress, held, while the ones missing are
+# the latest commits (an index walk backwards from the cursor, once per key of the page).
+_CLAIM_ROW = "d.received_at, d." + _DELIVERY_COLUMNS.replace(", ", ", d.")  # a page row, and its partition
 CLAIM_DELIVERIES = f"""
 WITH claimable AS MATERIALIZED (
-    SELECT d.id, d.received_at, d.order_key FROM deliveries d
+    SELECT d.id, d.received_at, d.order_key, d.claimed_by IS NOT DISTINCT FROM %(me)s AS mine
+    FROM deliveries d
     WHERE d.channel = %(channel)s AND d.destination = %(destination)s
       AND d.status IN ('queued', 'retrying') AND d.id > %(after)s AND {_CLAIMABLE.format(row="d")}
 ), blocked AS MATERIALIZED (
@@ -102,26 +115,31 @@ WITH claimable AS MATERIALIZED (
         ORDER BY o.id LIMIT 1) AS first_id
     FROM (SELECT DISTINCT order_key FROM claimable WHERE order_key <> '') k
 ), free AS MATERIALIZED (
-    SELECT c.id, c.received_at, c.order_key FROM claimable c LEFT JOIN blocked b ON b.order_key = c.order_key
+    SELECT c.id, c.received_at, c.mine FROM claimable c LEFT JOIN blocked b ON b.order_key = c.order_key
     WHERE b.first_id IS NULL OR c.id < b.first_id
-), locked AS MATERIALIZED (
-    SELECT d.id, d.received_at, d.order_key FROM free f
-    JOIN deliveries d ON d.id = f.id AND d.received_at = f.received_at
-    WHERE d.status IN ('queued', 'retrying')
-    ORDER BY d.id LIMIT %(limit)s FOR UPDATE OF d SKIP LOCKED
-), passed_over AS MATERIALIZED (
-    SELECT f.order_key, min(f.id) AS first_id FROM free f
-    WHERE f.order_key <> '' AND f.id NOT IN (SELECT k.id FROM locked k)  -- a hashed subplan: linear
-    GROUP BY f.order_key
-), candidates AS (
-    SELECT l.id, l.received_at FROM locked l LEFT JOIN passed_over p ON p.order_key = l.order_key
-    WHERE p.first_id IS NULL OR l.id < p.first_id
+), own AS MATERIALIZED (
+    SELECT {_CLAIM_ROW} FROM free f JOIN deliveries d ON d.id = f.id AND d.received_at = f.received_at
+    WHERE f.mine ORDER BY d.id LIMIT %(limit)s
+), taken_over AS MATERIALIZED (
+    SELECT {_CLAIM_ROW} FROM free f JOIN deliveries d ON d.id = f.id AND d.received_at = f.received_at
+    WHERE NOT f.mine AND d.status IN ('queued', 'retrying') AND d.claimed_by IS DISTINCT FROM %(me)s
+    ORDER BY d.id LIMIT %(limit)s FOR UPDATE OF d
+), candidates AS MATERIALIZED (
+    SELECT * FROM (SELECT * FROM own UNION ALL SELECT * FROM taken_over) u ORDER BY u.id LIMIT %(limit)s
 ), taken AS (
     UPDATE deliveries x SET claimed_by = %(me)s FROM candidates c
     WHERE x.id = c.id AND x.received_at = c.received_at AND x.claimed_by IS DISTINCT FROM %(me)s
+), behind AS MATERIALIZED (
+    SELECT k.order_key, (
+        SELECT o.id FROM deliveries o
+        WHERE o.channel = %(channel)s AND o.destination = %(destination)s
+          AND o.order_key = k.order_key AND o.status IN ('queued', 'retrying')
+          AND o.claimed_by = %(me)s AND o.id <= %(after)s
+        ORDER BY o.id DESC LIMIT 1) AS last_id
+    FROM (SELECT DISTINCT c.order_key FROM candidates c WHERE c.order_key <> '') k
 )
-SELECT d.{_DELIVERY_COLUMNS.replace(", ", ", d.")}
-FROM candidates c JOIN deliveries d ON d.id = c.id AND d.received_at = c.received_at ORDER BY d.id
+SELECT c.{_DELIVERY_COLUMNS.replace(", ", ", c.")}, coalesce(b.last_id, 0)
+FROM candidates c LEFT JOIN behind b ON b.order_key = c.order_key ORDER BY c.id
 """
 CLAIM_MESSAGES = f"""
 WITH candidates AS (

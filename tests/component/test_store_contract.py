@@ -427,22 +427,70 @@ async def test_one_keys_deliveries_stay_with_one_worker(workers: Workers) -> Non
     assert all(d.order_key == "P2" for d in await second.claim_deliveries("lab", "a", 0, 10))
 
 
-async def test_a_claim_never_takes_a_keys_newer_delivery_past_an_older_one_it_skipped(
+async def dead_workers_deliveries(dsn: str, keys: list[str]) -> list[int]:
+    """Deliveries (one per key, in order) of a worker whose lease then ran out (it died)."""
+    dead = PostgresStore(dsn, lease_seconds=1.0)
+    await dead.open()
+    ids = [(await dead.intake(record(control_id=f"X{n}", deliveries=[NewDelivery("a", key)]))).delivery_ids[0]
+           for n, key in enumerate(keys)]
+    await dead.close()  # deregisters it; registered again below with a lease long expired
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await conn.execute("INSERT INTO workers (id, started_at, lease_until) VALUES (%s, 0, 0)",
+                           (dead.worker_id,))
+    return ids
+
+
+async def test_a_claim_waits_for_a_row_another_transaction_holds_and_keeps_the_key_in_order(
     workers: Workers,
 ) -> None:
     """Regression (issue #9): the claim's `FOR UPDATE SKIP LOCKED` passed over a key's older open
     delivery that another transaction held for a moment, and took the key's newer ones: the queue
     then held the newer delivery ahead of the older one (the order guard had to hold it back)."""
     first, _, dsn = workers
-    older = await first.intake(record(control_id="L1", deliveries=[NewDelivery("a", "P1")]))
-    newer = await first.intake(record(control_id="L2", deliveries=[NewDelivery("a", "P1")]))
-    other = await first.intake(record(control_id="L3", deliveries=[NewDelivery("a", "P2")]))
+    older, newer, other = await dead_workers_deliveries(dsn, ["P1", "P1", "P2"])
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        async with conn.transaction():
+            await conn.execute("SELECT 1 FROM deliveries WHERE id = %s FOR UPDATE", (older,))
+            claim = asyncio.create_task(first.claim_deliveries("lab", "a", 0, 10))
+            await asyncio.sleep(0.3)  # the claim reaches the held row (or, skipping it, returns)
+        claimed = await asyncio.wait_for(claim, 30)
+    assert [d.id for d in claimed] == [older, newer, other]
+
+
+async def test_a_claim_returns_its_own_deliveries_while_their_outcome_commits(workers: Workers) -> None:
+    """Regression (issue #9): a claim skipped (`SKIP LOCKED`) this worker's own delivery whose
+    outcome its committer was writing at that moment, and so held back the key's newer ones too.
+    With the heads of every patient's line in one outcome commit, the page came back empty, the
+    queue took that for "memory holds all my work", and the newer deliveries stayed in the store
+    while the patient's later deliveries, offered meanwhile, went out first (the order guard held
+    them back). A worker's own rows need no lock: no other claim takes them from a live worker."""
+    first, _, dsn = workers
+    head = await first.intake(record(control_id="H1", deliveries=[NewDelivery("a", "P1")]))
+    newer = await first.intake(record(control_id="H2", deliveries=[NewDelivery("a", "P1")]))
     async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
-        await conn.execute("SELECT 1 FROM deliveries WHERE id = %s FOR UPDATE", (older.delivery_ids[0],))
+        # Stands for the committer's outcome UPDATE of the head, in flight.
+        await conn.execute("SELECT 1 FROM deliveries WHERE id = %s FOR UPDATE", (head.delivery_ids[0],))
         claimed = await asyncio.wait_for(first.claim_deliveries("lab", "a", 0, 10), 30)
-        assert [d.id for d in claimed] == list(other.delivery_ids)  # P1 waits for its older delivery
-    after = await first.claim_deliveries("lab", "a", 0, 10)
-    assert [d.id for d in after] == [older.delivery_ids[0], newer.delivery_ids[0], other.delivery_ids[0]]
+    assert [d.id for d in claimed] == [head.delivery_ids[0], newer.delivery_ids[0]]
+
+
+async def test_a_claim_names_the_older_delivery_of_its_own_key_below_the_page(workers: Workers) -> None:
+    """Regression (issue #9): a claim page from a cursor returned a key's newer delivery while an
+    older one of the same key, owned by the same worker, lay below the cursor outside the queue's
+    memory (committed after an earlier page had passed its id: ids are taken in one order and
+    committed in another). The page now names that older delivery (`follows`) so the queue can
+    hold the newer one back until the older one is in memory."""
+    first, _, _ = workers
+    oldest = await first.intake(record(control_id="F0", deliveries=[NewDelivery("a", "P1")]))
+    older = await first.intake(record(control_id="F1", deliveries=[NewDelivery("a", "P1")]))
+    newer = await first.intake(record(control_id="F2", deliveries=[NewDelivery("a", "P1")]))
+    other = await first.intake(record(control_id="F3", deliveries=[NewDelivery("a", "P2")]))
+    page = await first.claim_deliveries("lab", "a", older.delivery_ids[0], 10)
+    # The newest of them: the oldest is typically the key's line in progress, already in memory.
+    assert [(d.id, d.follows) for d in page] == [(newer.delivery_ids[0], older.delivery_ids[0]),
+                                                 (other.delivery_ids[0], 0)]
+    assert oldest.delivery_ids[0] < older.delivery_ids[0]
+    assert all(d.follows == 0 for d in await first.claim_deliveries("lab", "a", 0, 10))  # all in one page
 
 
 async def test_dispatched_marks_skip_rows_another_transaction_holds(workers: Workers) -> None:

@@ -103,3 +103,28 @@ async def test_a_newer_delivery_of_a_key_waits_for_an_older_one_the_queue_never_
     assert guard[0]["older_where"] == "store only" and guard[0]["older_owner"] == "this worker"
     assert guard[0]["newer_from"] == "offer"
     assert KEY not in repr(logs)
+
+
+async def test_a_page_from_above_an_older_unheld_delivery_waits_for_it(
+    store: PostgresStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression (issue #9; what the guard caught in most kill-a-worker bus runs): a claim page
+    read from the feed's cursor handed out a patient's newer delivery while an older one of the
+    same patient, owned by this worker, lay below the cursor and was not in the queue's memory (it
+    was committed after an earlier page had passed its id, and offered while the feed was spilled,
+    so only the next reload would bring it). The queue now cuts such a page at that delivery and
+    reloads from below it: the guard has nothing to do and the older one goes first."""
+    peer = Recorder()
+    config = QueueConfig(order_by="PID-3[2].1", initial_backoff=0.01, max_backoff=0.02, jitter=0.0)
+    queue = DestinationQueue("lab", "out", peer, config, store, message_loader(store, ""))
+    older, _ = await stored(store, "first")  # committed, owned here, never offered
+    await stored(store, "second")  # the newer delivery of the same key
+    page = await queue._reload(older, 10)  # what the feed reads from a cursor at the older delivery
+    assert page == []  # the newer one is not handed out ahead of the older one
+    with capture_logs() as logs:
+        monkeypatch.setattr(dispatch, "log", structlog.get_logger("passerelle.dispatch"))  # see above
+        queue.start()  # the feed reads from below the older delivery, as after the cut
+        await until(lambda: len(peer.sent) >= 2)
+    await queue.stop(1)
+    assert peer.sent == ["first", "second"]
+    assert not [entry for entry in logs if entry["event"] == "delivery_out_of_line"]

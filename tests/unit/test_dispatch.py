@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,7 @@ from engine.config import QueueConfig
 from engine.dispatch import DestinationQueue, backoff
 from engine.errors import PermanentError, RetryableError, StoreError
 from engine.message import HL7V2, Message, SourceMeta
-from engine.store.base import DeliveryUpdate, IntakeRecord, NewDelivery
+from engine.store.base import DeliveryUpdate, IntakeRecord, NewDelivery, PendingDelivery
 from engine.store.cipher import PayloadCipher, new_key_file
 from engine.store.sqlite import SqliteStore
 
@@ -264,4 +265,31 @@ async def test_outcomes_of_concurrent_workers_are_committed_together(store: Sqli
     for mid in ids:
         assert await settled(store, mid) == "sent"
     assert store.commits - commits < 8  # fewer commits than outcomes: they were batched
+    await queue.stop(1)
+
+
+async def test_a_reload_that_fails_is_tried_again_and_the_work_still_goes_out(
+    store: SqliteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regression: a store error in a reload (a claim scan chosen as a deadlock victim, a dropped
+    connection) escaped from the feed into the queue's worker tasks and ended them: the queue
+    stopped delivering, silently, until the engine restarted."""
+    peer = Peer()
+    first = make_queue(store, peer, concurrency=1)
+    ids = [await enqueue(store, first, f"m{i}") for i in range(3)]  # in the store, never offered
+    real = store.claim_deliveries
+    failures = [StoreError("store read failed: DeadlockDetected")]
+
+    async def claim_failing_once(*args: Any) -> list[PendingDelivery]:
+        if failures:
+            raise failures.pop()
+        return await real(*args)
+
+    monkeypatch.setattr(store, "claim_deliveries", claim_failing_once)
+    queue = make_queue(store, peer, concurrency=1)
+    queue.feed.retry_seconds = 0.01
+    queue.start()
+    for mid in ids:
+        assert await settled(store, mid) == "sent"
+    assert not failures
     await queue.stop(1)
