@@ -5,7 +5,8 @@ A queue on a shared store runs a claim scan (`PostgresStore.claim_deliveries`) a
 one full rescan (from the first id, pages of 10,000 as a queue reads them) on a real PostgreSQL
 server (started here, fsync on) for three backlogs of BACKLOG open deliveries over KEYS order
 keys: the scanning worker's own, a live other worker's (nothing to take), and a dead worker's
-(everything taken over).
+(everything taken over). It also times the order guard's probe (`Store.open_line`, asked before
+every keyed attempt on a shared store) against the same backlog.
 
     python bench/claim_scan.py --backlog 20000 --keys 16 --runs 3
 """
@@ -83,6 +84,25 @@ async def scenario(cluster: PostgresCluster, name: str, backlog: int, keys: int,
     return f"| {name} | {backlog:,} | {keys} | {claimed:,} | {median:.2f} | {worst:.2f} |"
 
 
+async def guard_probe(cluster: PostgresCluster, backlog: int, keys: int, probes: int = 2000) -> str:
+    """The order guard's store read, one at a time as a queue asks it: median and p99 in ms."""
+    dsn = fresh_database(cluster)
+    me = await worker(dsn)
+    try:
+        await fill(me, backlog, keys)
+        latencies = []
+        for n in range(probes):
+            started = time.perf_counter()
+            await me.open_line("lab", "out", f"PAT{n % keys}", 1 + (n * 7919) % backlog)
+            latencies.append(time.perf_counter() - started)
+    finally:
+        await me.close()
+    latencies.sort()
+    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    return (f"order guard probe (open_line), {probes:,} probes over {backlog:,} open deliveries: median"
+            f" {statistics.median(latencies) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--backlog", type=int, default=20_000)
@@ -96,6 +116,7 @@ async def main() -> None:
         print("|---|---|---|---|---|---|")
         for name in ("own", "live other", "dead"):
             print(await scenario(cluster, name, args.backlog, args.keys, args.runs), flush=True)
+        print(await guard_probe(cluster, args.backlog, args.keys), flush=True)
         print(f"load average after: {os.getloadavg()[0]:.1f}")
     finally:
         cluster.stop()
