@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+import structlog
+from structlog.testing import capture_logs
+
+from engine import feed as feed_module
+from engine.errors import StoreError
 from engine.feed import Feed
 
 
@@ -138,3 +144,46 @@ async def test_an_item_given_back_comes_again_after_older_work_found_in_the_stor
     feed.give_back(9)
     assert not feed.holds(9)
     assert await drain(feed, store, 2) == ["m4", "m9"]
+
+
+async def test_a_reload_that_finds_an_earlier_item_missing_makes_the_next_one_start_below_it() -> None:
+    """`reload_from`: a reload function that sees an item the feed must hand out first (a
+    destination queue: an older delivery of the same key below the cursor, not in memory) holds
+    the page back and the feed reads again from below that item, so the order is kept."""
+    store = FakeStore()
+    store.open = {2: "m2", 5: "m5"}
+    starts: list[int] = []
+
+    async def reload(after_id: int, limit: int) -> list[tuple[int, str]]:
+        starts.append(after_id)
+        page = await store.reload(after_id, limit)
+        if after_id >= 2:  # m2 lies at or below this page's start: m5 must wait for it
+            feed.reload_from(2)
+            return []
+        return page
+
+    feed: Feed[str] = Feed(10, reload)
+    feed._cursor = 4  # as after a page that passed id 2 before m2 was committed
+    assert await drain(feed, store, 2) == ["m2", "m5"]
+    assert starts == [4, 1]
+
+
+async def test_a_reload_that_fails_is_logged_and_tried_again_from_the_first_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A store error in a reload must never reach the consumers (their tasks would end)."""
+    store = FakeStore()
+    store.open = {1: "m1"}
+    failures = [StoreError("store read failed: OperationalError")]
+
+    async def reload(after_id: int, limit: int) -> list[tuple[int, str]]:
+        if failures:
+            raise failures.pop()
+        return await store.reload(after_id, limit)
+
+    feed: Feed[str] = Feed(10, reload, retry_seconds=0.01)
+    with capture_logs() as logs:
+        # A logger first used inside the capture (engine/log.py caches loggers on first use).
+        monkeypatch.setattr(feed_module, "log", structlog.get_logger("passerelle.feed"))
+        assert await drain(feed, store, 1) == ["m1"]
+    assert [e["event"] for e in logs] == ["feed_reload_failed"]
