@@ -222,7 +222,7 @@ class DestinationQueue:
         self._give_back_line(work, older, owner)
         return False
 
-    def _give_back_line(self, work: Work, older: int, owner: str = "unknown") -> None:
+    def _give_back_line(self, work: Work, older: int, owner: str) -> None:
         """`work` (its key's owner here) and the deliveries waiting behind it go back to the store."""
         line = [work, *self._waiting.pop(work.order_key, ())]
         self._owner.pop(work.order_key, None)
